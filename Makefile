@@ -1,0 +1,49 @@
+# tiled-stack: a thin door to scripts/. Every target prints what it does.
+# Run `make` (or `make help`) for the list.
+
+PYTHON ?= python3
+VENV   := .venv/bin/python
+RUN    := $(VENV) -m
+
+.DEFAULT_GOAL := help
+.PHONY: help venv env images up down clean status logs scale test test-fast lock
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean)"
+
+venv: ## Create/refresh .venv from requirements/host.txt (the other targets do this)
+	@$(PYTHON) -m scripts.ensure_venv
+
+env: venv ## Create .env from .env.example with random secrets (never overwrites)
+	@$(RUN) scripts.env_file
+
+images: venv ## Build every image here (base from Debian's packages if no registry)
+	@$(RUN) scripts.build_images
+
+up: venv ## Start the stack (creates .env, builds images, waits until healthy)
+	@$(RUN) scripts.up
+
+down: venv ## Stop the stack; keeps all data
+	@$(RUN) scripts.down
+
+clean: venv ## Remove containers AND data volumes (asks first; FORCE=1 to skip)
+	@$(RUN) scripts.clean
+
+status: venv ## Each service's health and each replica as HAProxy sees it
+	@$(RUN) scripts.status
+
+logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init)
+	@$(RUN) scripts.logs
+
+scale: venv ## Change the replica count live: make scale N=4
+	@$(RUN) scripts.scale $(N)
+
+test: venv ## Run the whole test suite (fast tier, then a live stack of its own)
+	@$(VENV) -m pytest
+
+test-fast: venv ## Only the tests that need no running stack
+	@$(VENV) -m pytest -m "not live"
+
+lock: venv ## Re-resolve requirements/*.txt and tiled/requirements.txt from the .in files
+	@$(RUN) scripts.lock

@@ -1,0 +1,1 @@
+"""tiled-stack's operator scripts: one module per command, each with a main()."""

@@ -1,0 +1,209 @@
+"""Build every image the stack runs, here, with no container registry needed.
+
+1. The base image tiled-stack/base:bookworm: the pinned official Debian image
+   if a registry answers, else a Debian rootfs made with debootstrap from
+   Debian's package mirror and loaded with `docker import`.
+2. Python wheels for the Tiled image: installed from PyPI inside the build if
+   a build container can reach it, else downloaded here on the host (which may
+   sit behind a proxy the containers cannot use) into tiled/.build/wheels.
+3. Each service with a `build:` in compose.yaml, skipped when an image built
+   from the same context and base already exists.
+
+Safe to rerun: every step says when it has nothing to do.
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import docker.errors
+import yaml
+
+from scripts.docker_api import client
+from scripts.env_file import ROOT
+from scripts.say import Failure, note, ok, run_main, step
+
+# Debian, pinned by suite (and by point release for the official image).
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_SECURITY_MIRROR = os.environ.get("DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
+OFFICIAL_DEBIAN_IMAGE = "debian:12.12-slim"
+PYTHON_TAG = ("3.11", "cp311")  # Debian bookworm's python3, which the Tiled image runs
+CONTEXT_LABEL = "org.tiled-stack.context-sha256"
+WHEELS = ROOT / "tiled" / ".build" / "wheels"
+
+
+def compose_builds() -> tuple[str, dict[str, dict]]:
+    """The base image name and each service's build (image, context, args), from compose.yaml."""
+    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    builds = {
+        name: {"image": svc["image"], "context": ROOT / svc["build"]["context"],
+               "args": dict(svc["build"].get("args", {}))}
+        for name, svc in spec["services"].items() if "build" in svc
+    }
+    return spec["x-base-image"], builds
+
+
+def image_exists(name: str):
+    try:
+        return client().images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def ensure_base(base: str) -> None:
+    if image_exists(base):
+        ok(f"base image {base} already exists, skipped")
+        return
+    step(f"pulling {OFFICIAL_DEBIAN_IMAGE} for the base image")
+    pulled = subprocess.run(["docker", "pull", "-q", OFFICIAL_DEBIAN_IMAGE], capture_output=True, text=True)
+    if pulled.returncode == 0:
+        client().images.get(OFFICIAL_DEBIAN_IMAGE).tag(base)
+        ok(f"base image {base} = {OFFICIAL_DEBIAN_IMAGE} (registry path)")
+        return
+    note(f"no registry: {pulled.stderr.strip().splitlines()[-1] if pulled.stderr.strip() else 'pull failed'}")
+    debootstrap_base(base)
+
+
+def debootstrap_base(base: str) -> None:
+    if shutil.which("debootstrap") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            step("installing debootstrap from Debian's packages")
+            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True,
+                           stdout=subprocess.DEVNULL)
+        else:
+            raise Failure("no registry can be reached and debootstrap is not installed",
+                          "install debootstrap (`sudo apt-get install debootstrap`), or load a Debian "
+                          f"image as {base} (`docker load`), then rerun `make images`")
+    if os.geteuid() != 0:
+        raise Failure("building the base image with debootstrap needs root",
+                      "run `sudo make images` once; later commands need no root")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tiled-stack-rootfs-", dir="/var/tmp") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        step(f"building the base image from Debian's packages: debootstrap {DEBIAN_SUITE} (≈1 min)")
+        done = subprocess.run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise Failure(f"debootstrap failed: {done.stdout.strip().splitlines()[-1:]}",
+                          f"check that {DEBIAN_MIRROR} is reachable (set DEBIAN_MIRROR to a local mirror)")
+        (rootfs / "etc/apt/sources.list").write_text(
+            f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
+            f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE}-updates main\n"
+            f"deb {DEBIAN_SECURITY_MIRROR} {DEBIAN_SUITE}-security main\n")
+        # Same trims as the official image: no apt caches, no docs.
+        (rootfs / "etc/apt/apt.conf.d/docker-clean").write_text(
+            'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };\n'
+            'Binary::apt::APT::Keep-Downloaded-Packages "false";\n')
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+            (rootfs / junk).mkdir(parents=True)
+        step(f"importing the rootfs as {base}")
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(
+            ["docker", "import", "--change", 'CMD ["bash"]', "--change", "ENV LANG=C.UTF-8",
+             "--message", f"debootstrap --variant=minbase {DEBIAN_SUITE} {DEBIAN_MIRROR}", "-", base],
+            stdin=tar.stdout, capture_output=True, text=True)
+        tar.wait()
+        if imported.returncode:
+            raise Failure(f"docker import failed: {imported.stderr.strip()}", "check `docker info` and free disk space")
+    ok(f"base image {base} built from Debian's packages in {time.monotonic() - started:.0f}s (no-registry path)")
+
+
+def context_digest(context: Path, args: dict, base_id: str) -> str:
+    digest = hashlib.sha256(json.dumps([args, base_id], sort_keys=True).encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file() and ".build" not in p.parts
+                       and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(context)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def build(image: str, context: Path, args: dict, labels: dict, target: str | None = None) -> None:
+    step(f"building {image}{f' (stage {target})' if target else ''} from {context.relative_to(ROOT)}/")
+    started = time.monotonic()
+    stream = client().api.build(path=str(context), tag=image, buildargs=args, labels=labels,
+                                target=target, rm=True, forcerm=True, decode=True)
+    tail = []
+    for chunk in stream:
+        if "error" in chunk:
+            raise Failure(f"building {image} failed: {chunk['error'].strip()}\n    " + "\n    ".join(tail[-15:]),
+                          f"fix {context.relative_to(ROOT)}/Dockerfile or the network, then rerun `make images`")
+        line = (chunk.get("stream") or "").rstrip()
+        if line:
+            tail.append(line)
+            if line.startswith("Step "):
+                note(line)
+    ok(f"{image} built in {time.monotonic() - started:.0f}s")
+
+
+def pypi_reachable_from_builds(base: str, context: Path) -> bool:
+    """Can a container (not just this host) install from PyPI with its own CA store?"""
+    probe_image = "tiled-stack/tiled-python-probe:latest"
+    build(probe_image, context, {"BASE_IMAGE": base}, {}, target="python")
+    code = ("import urllib.request as u; u.urlopen('https://pypi.org/simple/pip/', timeout=10)")
+    try:
+        client().containers.run(probe_image, ["python3", "-c", code], remove=True)
+        return True
+    except docker.errors.ContainerError:
+        return False
+
+
+def ensure_wheels(requirements: Path) -> None:
+    """Download every pinned wheel for the image's Python on the host (Linux x86_64)."""
+    marker = WHEELS / ".requirements.sha256"
+    wanted = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if marker.exists() and marker.read_text() == wanted:
+        ok(f"wheels for {requirements.relative_to(ROOT)} already downloaded, skipped")
+        return
+    shutil.rmtree(WHEELS, ignore_errors=True)
+    WHEELS.mkdir(parents=True)
+    step(f"downloading wheels on the host for {requirements.relative_to(ROOT)} (python {PYTHON_TAG[0]})")
+    # pip does not widen an explicit manylinux platform to older glibc tags: list them.
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    cmd = [str(ROOT / ".venv/bin/pip"), "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", PYTHON_TAG[0], "--implementation", "cp", "--abi", PYTHON_TAG[1],
+           *[arg for p in platforms for arg in ("--platform", p)],
+           "--dest", str(WHEELS), "--requirement", str(requirements)]
+    if subprocess.run(cmd).returncode:
+        raise Failure("downloading wheels failed", "check that this host reaches PyPI (or set PIP_INDEX_URL "
+                      "to your mirror), then rerun `make images`")
+    marker.write_text(wanted)
+    ok(f"{len(list(WHEELS.glob('*.whl')))} wheels in {WHEELS.relative_to(ROOT)}")
+
+
+def main() -> None:
+    started = time.monotonic()
+    base, builds = compose_builds()
+    ensure_base(base)
+    base_id = client().images.get(base).id
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    for service, spec in builds.items():
+        args = dict(spec["args"])
+        digest = context_digest(spec["context"], args, base_id)
+        existing = image_exists(spec["image"])
+        if existing and existing.labels.get(CONTEXT_LABEL) == digest:
+            ok(f"{spec['image']} is up to date, skipped")
+            continue
+        if service == "tiled":
+            if pypi_reachable_from_builds(base, spec["context"]):
+                ok("build containers reach PyPI: installing wheels from the index")
+                args["PIP_INSTALL_FLAGS"] = ""
+            else:
+                note("build containers cannot reach PyPI: fetching wheels on the host instead")
+                ensure_wheels(spec["context"] / "requirements.txt")
+                args["PIP_INSTALL_FLAGS"] = "--no-index"
+        build(spec["image"], spec["context"], args, {CONTEXT_LABEL: digest})
+    ok(f"images ready in {time.monotonic() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

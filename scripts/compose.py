@@ -1,0 +1,125 @@
+"""The one way every script runs Docker Compose for this stack.
+
+Finds a working Compose (v2 `docker compose`, or v1 `docker-compose` ≥ 1.29 as
+Debian ships it), and always passes the same files, project and env file.
+Read-only detector mounts cannot be looped over in compose.yaml, so they are
+derived from TILED_READABLE_STORAGE into an overlay here.
+"""
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from scripts import env_file
+from scripts.say import Failure
+
+ROOT = env_file.ROOT
+STATE = ROOT / ".state"
+
+
+@functools.cache
+def compose_command() -> tuple[str, ...]:
+    if shutil.which("docker") is None:
+        raise Failure("docker is not installed or not on PATH",
+                      "install Docker Engine (https://docs.docker.com/engine/install/) and rerun")
+    for command in (("docker", "compose"), ("docker-compose",)):
+        if shutil.which(command[0]) is None:
+            continue
+        probe = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            version = probe.stdout.strip().lstrip("v")
+            major, minor = (int(x) for x in re.findall(r"\d+", version)[:2])
+            if (major, minor) >= (1, 29):
+                return command
+    raise Failure("no Docker Compose found (need `docker compose` v2, or `docker-compose` ≥ 1.29)",
+                  "install the Compose plugin (package docker-compose-plugin) or docker-compose")
+
+
+def readable_paths(values: dict[str, str]) -> list[str]:
+    raw = values.get("TILED_READABLE_STORAGE", "")
+    paths = [p.strip() for p in re.split(r"[:,]", raw) if p.strip()]
+    for path in paths:
+        if not path.startswith("/"):
+            raise Failure(f"TILED_READABLE_STORAGE entry {path!r} is not an absolute path",
+                          "list absolute host paths, separated by ':' or ','")
+        if not Path(path).is_dir():
+            raise Failure(f"TILED_READABLE_STORAGE entry {path} is not a directory on this host",
+                          "create it (or fix the path in .env), then rerun")
+    return paths
+
+
+class Stack:
+    """One Compose project: its env file, its values and its compose invocation."""
+
+    def __init__(self, values: dict[str, str] | None = None):
+        self.env_path = env_file.env_path()
+        if values is None:
+            if not self.env_path.exists():
+                raise Failure(f"{self.env_path} does not exist", "run `make up` to create it (or `make env`)")
+            values = env_file.parse(self.env_path.read_text())
+        self.values = values
+        self.project = values.get("COMPOSE_PROJECT_NAME") or "tiled-stack"
+        self.replicas = int(values.get("TILED_REPLICAS", "3"))
+        self.max_replicas = int(values.get("TILED_MAX_REPLICAS", "8"))
+        self.port = int(values.get("TILED_PORT", "8000"))
+        self.bind_address = values.get("TILED_BIND_ADDRESS", "127.0.0.1")
+        self.stats_port = int(values.get("HAPROXY_STATS_PORT", "8404"))
+
+    @property
+    def url(self) -> str:
+        host = "localhost" if self.bind_address in ("127.0.0.1", "0.0.0.0") else self.bind_address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        host = "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address
+        return f"http://{host}:{self.port}"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://127.0.0.1:{self.stats_port}"
+
+    def files(self) -> list[Path]:
+        files = [ROOT / "compose.yaml"]
+        override = ROOT / "compose.override.yaml"
+        if override.exists():
+            files.append(override)
+        paths = readable_paths(self.values)
+        if paths:
+            files.append(self.write_readable_overlay(paths))
+        return files
+
+    def write_readable_overlay(self, paths: list[str]) -> Path:
+        # JSON is valid YAML, and quotes every path safely.
+        overlay = {
+            "services": {
+                "tiled": {
+                    "environment": {"TILED_CATALOG_READABLE_STORAGE": json.dumps(paths)},
+                    "volumes": [
+                        {"type": "bind", "source": p, "target": p, "read_only": True} for p in paths
+                    ],
+                }
+            }
+        }
+        target = STATE / self.project / "compose.readable.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("# Derived from TILED_READABLE_STORAGE by scripts/compose.py; do not edit.\n"
+                          + json.dumps(overlay, indent=2) + "\n")
+        return target
+
+    def args(self, *args: str) -> list[str]:
+        files = [arg for f in self.files() for arg in ("-f", str(f))]
+        return [*compose_command(), *files, "--project-directory", str(ROOT),
+                "-p", self.project, "--env-file", str(self.env_path), *args]
+
+    def run(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
+        done = subprocess.run(self.args(*args), text=True, capture_output=capture, cwd=ROOT)
+        if check and done.returncode:
+            detail = (done.stderr or "").strip().splitlines()[-3:] if capture else []
+            raise Failure(f"`compose {' '.join(args)}` failed (exit {done.returncode})"
+                          + ("".join(f"\n    {line}" for line in detail)),
+                          "read the error above; `make logs` shows the services' own output")
+        return done

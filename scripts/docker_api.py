@@ -1,0 +1,27 @@
+"""A Docker SDK client, or a message that says how to get one working."""
+
+import functools
+
+import docker
+import docker.errors
+
+from scripts.say import Failure
+
+
+@functools.cache
+def client() -> docker.DockerClient:
+    try:
+        c = docker.from_env(timeout=300)
+        c.ping()
+        return c
+    except docker.errors.DockerException as err:
+        raise Failure(f"cannot talk to the Docker Engine ({err})",
+                      "start Docker (`systemctl start docker`) and make sure this user may use it "
+                      "(root, or a member of the `docker` group)") from None
+
+
+def project_containers(project: str, service: str | None = None, all: bool = True):
+    labels = [f"com.docker.compose.project={project}"]
+    if service:
+        labels.append(f"com.docker.compose.service={service}")
+    return client().containers.list(all=all, filters={"label": labels})

@@ -1,0 +1,15 @@
+"""`make down`: stop and remove the stack's containers; volumes (all data) are kept."""
+
+from scripts.compose import Stack
+from scripts.say import ok, run_main, step
+
+
+def main() -> None:
+    stack = Stack()
+    step(f"stopping project {stack.project} (data volumes are kept)")
+    stack.run("down", "--remove-orphans")
+    ok(f"{stack.project} stopped; `make up` starts it again with the same data")
+
+
+if __name__ == "__main__":
+    run_main(main)

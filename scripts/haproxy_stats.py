@@ -1,0 +1,46 @@
+"""What HAProxy sees: its server slots for the Tiled replicas, read from the stats CSV."""
+
+import csv
+import io
+import urllib.request
+
+from scripts.say import Failure
+
+BACKEND = "tiled_http"
+
+
+def servers(stats_url: str, backend: str = BACKEND) -> list[dict]:
+    """Slots with an address (a replica behind them), each with name, addr and status."""
+    try:
+        with urllib.request.urlopen(f"{stats_url}/stats;csv", timeout=5) as response:
+            text = response.read().decode()
+    except OSError as err:
+        raise Failure(f"HAProxy's stats page at {stats_url}/stats does not answer ({err})",
+                      "check `make status`; is the haproxy service running?") from None
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return [
+        {"name": row["svname"], "addr": row["addr"].rsplit(":", 1)[0], "status": row["status"],
+         "sessions": int(row["scur"] or 0)}
+        for row in rows
+        if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND") and row["addr"]
+    ]
+
+
+def up_count(stats_url: str) -> int:
+    return sum(1 for s in servers(stats_url) if s["status"] == "UP")
+
+
+def admin(project: str, command: str) -> str:
+    """Send one command to HAProxy's admin socket (inside its container) and return the answer."""
+    from scripts.docker_api import project_containers
+
+    containers = project_containers(project, "haproxy", all=False)
+    if not containers:
+        raise Failure("the haproxy container is not running", "start the stack with `make up`")
+    code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
+            "s.sendall(sys.argv[1].encode()+b'\\n'); print(s.makefile().read())")
+    result = containers[0].exec_run(["python3", "-c", code, command])
+    if result.exit_code:
+        raise Failure(f"HAProxy's admin socket refused {command!r}: {result.output.decode().strip()}",
+                      "check `make logs SERVICE=haproxy`")
+    return result.output.decode()

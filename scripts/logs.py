@@ -1,0 +1,15 @@
+"""`make logs [SERVICE=…]`: follow the services' logs (Ctrl-C to stop)."""
+
+import os
+
+from scripts.compose import Stack
+from scripts.say import run_main
+
+
+def main() -> None:
+    service = os.environ.get("SERVICE", "")
+    Stack().run("logs", "--follow", "--tail=200", *([service] if service else []), check=False)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,58 @@
+"""`make up`: create .env if needed, build missing images, start the stack, wait for health.
+
+Safe to rerun: existing secrets, images, volumes and containers are kept.
+"""
+
+import errno
+import socket
+
+from scripts import build_images, env_file, wait
+from scripts.compose import Stack
+from scripts.docker_api import project_containers
+from scripts.say import Failure, note, ok, run_main, step
+
+
+def check_port_free(stack: Stack, address: str, port: int, key: str) -> None:
+    """Fail before Compose does, with a message that names the setting to change."""
+    ours = any(
+        str(port) == binding.get("HostPort")
+        for c in project_containers(stack.project, "haproxy", all=False)
+        for bindings in (c.attrs["NetworkSettings"]["Ports"] or {}).values() if bindings
+        for binding in bindings
+    )
+    if ours:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise Failure(f"port {port} on {address} is already taken by another program",
+                              f"set {key} in {stack.env_path} to a free port, or stop that program "
+                              f"(`ss -ltnp 'sport = :{port}'` names it)") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise Failure(f"{address} is not an address of this host",
+                              f"set TILED_BIND_ADDRESS in {stack.env_path} to one of this host's addresses "
+                              "(or 0.0.0.0 for all)") from None
+            raise
+
+
+def main() -> None:
+    stack = Stack(env_file.ensure())
+    check_port_free(stack, stack.bind_address, stack.port, "TILED_PORT")
+    check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
+    build_images.main()
+    step(f"starting project {stack.project} with {stack.replicas} Tiled replicas")
+    stack.run("up", "--detach", "--remove-orphans", "--scale", f"tiled={stack.replicas}")
+    wait.until_healthy(stack, stack.replicas)
+    ok(f"Tiled is up at {stack.url}  ({stack.replicas} replicas behind HAProxy)")
+    note(f"API key:   TILED_SINGLE_USER_API_KEY in {stack.env_path}  "
+         f"(grep TILED_SINGLE_USER_API_KEY {stack.env_path})")
+    note(f"try:       curl -H \"Authorization: Apikey $KEY\" {stack.url}/api/v1/metadata/")
+    note(f"HAProxy:   {stack.stats_url}/stats   metrics: {stack.stats_url}/metrics")
+    note("next:      make status | make logs | make scale N=… | make down")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,114 @@
+"""Shared fixtures. The fast tier needs no running stack; the live tier owns one.
+
+The live stack is its own Compose project (unique name, free ports, its own
+.env in a temp dir), started with `make up` as a user would, torn down with
+`down --volumes` always, with every service's logs dumped if a test failed.
+"""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import env_file  # noqa: E402
+from scripts.compose import Stack, compose_command  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """Fast tier first: a broken config fails in seconds, before any stack starts."""
+    items.sort(key=lambda item: item.get_closest_marker("live") is not None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make(target: str, env_path: Path, *args: str, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
+    """Run a make target against the test stack, as a user would; output is shown on failure."""
+    env = {**os.environ, "STACK_ENV_FILE": str(env_path), **extra_env}
+    done = subprocess.run(["make", target, *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(done.stdout)
+    if check and done.returncode:
+        raise AssertionError(f"make {target} failed (exit {done.returncode}):\n{done.stdout[-4000:]}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Every image built (from nothing on a fresh machine): `make images`."""
+    done = subprocess.run(["make", "images"], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(done.stdout)
+    assert done.returncode == 0, f"make images failed:\n{done.stdout[-6000:]}"
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory) -> Path:
+    """A private .env: unique project, free ports, 3 replicas, one readable detector dir."""
+    folder = tmp_path_factory.mktemp("stack")
+    detectors = folder / "detectors"
+    detectors.mkdir()
+    detectors.chmod(0o755)
+    path = folder / ".env"
+    path.write_text(
+        f"COMPOSE_PROJECT_NAME=tiledtest{secrets.token_hex(3)}\n"
+        f"TILED_REPLICAS=3\nTILED_MAX_REPLICAS=6\n"
+        f"TILED_PORT={free_port()}\nHAPROXY_STATS_PORT={free_port()}\n"
+        f"TILED_READABLE_STORAGE={detectors}\n"
+    )
+    os.environ["STACK_ENV_FILE"] = str(path)  # for Stack() inside the test process
+    return path
+
+
+# pytest-docker drives teardown (`down --volumes`) through our compose invocation;
+# bringing the stack up is `make up`, the user's command, in the `stack` fixture.
+@pytest.fixture(scope="session")
+def docker_compose_command(stack_env) -> str:
+    stack = Stack()
+    return " ".join([*compose_command(), "--project-directory", str(ROOT), "--env-file", str(stack_env)])
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file(stack_env) -> list[str]:
+    return [str(f) for f in Stack().files()]
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name(stack_env) -> str:
+    return Stack().project
+
+
+@pytest.fixture(scope="session")
+def docker_setup():
+    return False
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup():
+    return ["down --volumes --remove-orphans --timeout 20"]
+
+
+@pytest.fixture(scope="session")
+def stack(request, images, stack_env, docker_services) -> Stack:
+    """The live stack, up and healthy. Logs of every service are dumped if any test failed."""
+    from scripts.docker_api import client
+
+    client()  # no Docker → a clear error here, never a skip
+    try:
+        make("up", stack_env)
+        yield Stack()
+    finally:
+        if request.session.testsfailed:
+            done = subprocess.run(Stack().args("logs", "--no-color", "--tail=150"),
+                                  cwd=ROOT, text=True, capture_output=True)
+            print("\n===== logs of every service (a test failed) =====\n" + done.stdout[-60000:])

@@ -1,0 +1,1 @@
+"""tiled-stack's entry points inside the Tiled image (serve, init, health)."""

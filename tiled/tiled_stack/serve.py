@@ -1,0 +1,54 @@
+"""Serve one Tiled replica, after refusing a configuration that cannot scale.
+
+Tiled's own `--scalable` check looks only at keys and the streaming cache; it
+accepts an SQLite catalog, DuckDB storage or a file store that is not shared,
+any of which would silently split the data between replicas. Those are checked
+here, before Tiled starts.
+"""
+
+import json
+import os
+import sys
+
+from tiled.config import parse_configs
+
+SHARED_ARRAY_ROOT = "/data/arrays"
+
+
+def problems(config) -> list[str]:
+    found = []
+    (tree,) = config.trees
+    args = tree.args
+    if not str(args["uri"]).startswith("postgresql"):
+        found.append(f"catalog uri must be postgresql://…, not {args['uri'].split(':')[0]}")
+    writable = [str(w) for w in args.get("writable_storage") or []]
+    if not any(w.startswith("postgresql") for w in writable):
+        found.append("writable_storage needs a postgresql:// database for tabular data")
+    for w in writable:
+        if w.startswith(("duckdb", "sqlite")):
+            found.append(f"writable_storage {w.split(':')[0]} is local to one replica")
+        elif "://" not in w or w.startswith("file:"):
+            path = w.removeprefix("file://")
+            if not path.startswith(SHARED_ARRAY_ROOT):
+                found.append(f"writable file storage {path} is not on the shared volume {SHARED_ARRAY_ROOT}")
+    cache = (config.streaming_cache.uri if config.streaming_cache else "") or ""
+    if not cache.startswith("redis"):
+        found.append("streaming_cache must be redis:// so every replica sees every update")
+    return found
+
+
+def main() -> None:
+    config_path = os.environ.get("TILED_CONFIG", "/etc/tiled/config.yml")
+    found = problems(parse_configs(config_path))
+    if found:
+        print("tiled-stack: this configuration cannot be scaled:", file=sys.stderr)
+        for p in found:
+            print(f"  - {p}", file=sys.stderr)
+        sys.exit(78)  # EX_CONFIG
+    readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
+    print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
+    os.execvp("tiled", ["tiled", "serve", "config", "--scalable", config_path])
+
+
+if __name__ == "__main__":
+    main()
