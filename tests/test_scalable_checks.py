@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tiled"))
 from tiled_stack.serve import problems  # noqa: E402
 
 GOOD = """
-authentication: {single_user_api_key: abc}
+authentication: {{single_user_api_key: abc}}
 catalog:
   uri: {catalog}
   writable_storage: {storage}
