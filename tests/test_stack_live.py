@@ -81,6 +81,23 @@ def test_requests_through_haproxy_reach_every_replica(stack):
     assert len(seen) == stack.replicas, seen
 
 
+def test_client_supplied_forwarded_headers_never_reach_tiled(stack, api_key):
+    """Tiled builds its links from X-Forwarded-*: HAProxy must overwrite what a client sends."""
+    spoofed = {"Authorization": f"Apikey {api_key}", "X-Forwarded-Host": "evil.example",
+               "X-Forwarded-Proto": "https", "Forwarded": "host=evil.example;proto=https"}
+    response = httpx.get(f"{stack.local_url}/api/v1/metadata/", headers=spoofed)
+    assert response.status_code == 200
+    links = json.dumps(response.json()["data"]["links"])
+    assert "evil.example" not in links and "https://" not in links
+    assert f"127.0.0.1:{stack.port}" in links
+
+
+def test_haproxy_exports_prometheus_metrics_and_stats(stack):
+    metrics = httpx.get(f"{stack.stats_url}/metrics").text
+    assert 'haproxy_server_status{proxy="tiled_http"' in metrics
+    assert httpx.get(f"{stack.stats_url}/stats").status_code == 200
+
+
 def test_without_the_api_key_reads_and_writes_are_refused(stack):
     with httpx.Client(base_url=stack.local_url) as http:
         assert http.get("/api/v1/metadata/").status_code == 401
