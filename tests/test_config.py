@@ -132,3 +132,18 @@ def test_image_tag_matches_the_pinned_tiled():
     assert spec["services"]["tiled"]["image"] == f"tiled-stack/tiled:{pinned}"
     assert spec["services"]["tiled-init"]["image"] == f"tiled-stack/tiled:{pinned}"
     assert f"tiled[server]=={pinned}" in (ROOT / "tiled/requirements.in").read_text()
+
+
+def test_a_taken_port_is_refused_before_compose_runs(env_path):
+    import socket
+
+    from scripts.up import check_port_free
+
+    stack = Stack(env_file.ensure())
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(Failure, match=f"port {port} on 127.0.0.1 is already taken") as err:
+            check_port_free(stack, "127.0.0.1", port, "TILED_PORT")
+    assert "set TILED_PORT" in err.value.next_step
