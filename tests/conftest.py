@@ -74,7 +74,6 @@ def stack_env(tmp_path_factory) -> Path:
 # bringing the stack up is `make up`, the user's command, in the `stack` fixture.
 @pytest.fixture(scope="session")
 def docker_compose_command(stack_env) -> str:
-    stack = Stack()
     return " ".join([*compose_command(), "--project-directory", str(ROOT), "--env-file", str(stack_env)])
 
 
