@@ -111,3 +111,28 @@ def stack(request, images, stack_env, docker_services) -> Stack:
             done = subprocess.run(Stack().args("logs", "--no-color", "--tail=150"),
                                   cwd=ROOT, text=True, capture_output=True)
             print("\n===== logs of every service (a test failed) =====\n" + done.stdout[-60000:])
+
+
+@pytest.fixture(scope="session")
+def values(stack):
+    return env_file.parse(stack.env_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def api_key(values):
+    return values["TILED_SINGLE_USER_API_KEY"]
+
+
+@pytest.fixture(scope="session")
+def tiled(stack, api_key):
+    from tiled.client import from_uri
+
+    return from_uri(stack.local_url, api_key=api_key)
+
+
+def container_addresses(stack, service):
+    """Address on the stack's network → container, for reaching behind HAProxy."""
+    from scripts.docker_api import project_containers
+
+    return {net["IPAddress"]: c for c in project_containers(stack.project, service, all=False)
+            for net in c.attrs["NetworkSettings"]["Networks"].values()}

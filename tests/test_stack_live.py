@@ -13,26 +13,11 @@ import pyarrow as pa
 import pytest
 from tiled.client import from_uri
 
-from conftest import make
+from conftest import container_addresses, make
 from scripts import env_file, haproxy_stats, wait
 from scripts.docker_api import client, project_containers
 
 pytestmark = pytest.mark.live
-
-
-@pytest.fixture(scope="session")
-def values(stack):
-    return env_file.parse(stack.env_path.read_text())
-
-
-@pytest.fixture(scope="session")
-def api_key(values):
-    return values["TILED_SINGLE_USER_API_KEY"]
-
-
-@pytest.fixture(scope="session")
-def tiled(stack, api_key):
-    return from_uri(stack.local_url, api_key=api_key)
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +32,6 @@ def written(tiled):
     node.append_partition(0, pa.Table.from_pandas(table.iloc[:30], preserve_index=False))
     node.append_partition(0, pa.Table.from_pandas(table.iloc[30:], preserve_index=False))
     return array, table
-
-
-def container_addresses(stack, service):
-    return {net["IPAddress"]: c for c in project_containers(stack.project, service, all=False)
-            for net in c.attrs["NetworkSettings"]["Networks"].values()}
 
 
 def in_replica(container, url_path, api_key):
