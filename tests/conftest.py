@@ -136,3 +136,19 @@ def container_addresses(stack, service):
 
     return {net["IPAddress"]: c for c in project_containers(stack.project, service, all=False)
             for net in c.attrs["NetworkSettings"]["Networks"].values()}
+
+
+def rows_in_storage(stack, values, node, columns: str) -> list[tuple]:
+    """The rows of an appendable table, read with psycopg as the tiled_storage role.
+
+    Tiled keeps tables of the same schema in one SQL table, one dataset id each.
+    """
+    import psycopg
+
+    (source,) = node.data_sources()
+    assert [a.data_uri for a in source.assets] == ["postgresql://postgres:5432/tiled_storage"]
+    table, dataset = source.parameters["table_name"], source.parameters["dataset_id"]
+    (address,) = container_addresses(stack, "postgres")
+    dsn = f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f'select {columns} from "{table}" where _dataset_id = %s', (dataset,)).fetchall()

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from tiled.client import from_uri
 
-from conftest import container_addresses, make
+from conftest import container_addresses, make, rows_in_storage
 from scripts import env_file, haproxy_stats, wait
 from scripts.docker_api import client, project_containers
 
@@ -120,13 +120,10 @@ def postgres_dsn(stack, values, role):
     return f"postgresql://{role}:{values[{'tiled_catalog': 'CATALOG_DB_PASSWORD', 'tiled_storage': 'STORAGE_DB_PASSWORD'}[role]]}@{address}:5432"
 
 
-def test_table_rows_live_in_tiled_storage_and_metadata_in_tiled_catalog(stack, values, written):
+def test_table_rows_live_in_tiled_storage_and_metadata_in_tiled_catalog(stack, values, tiled, written):
     array, table = written
-    with psycopg.connect(postgres_dsn(stack, values, "tiled_storage") + "/tiled_storage") as conn:
-        tables = [r[0] for r in conn.execute(
-            "select table_name from information_schema.tables where table_schema='public'")]
-        rows = [r for t in tables for r in conn.execute(f'select motor, det from "{t}"')]
-        assert sorted(rows) == sorted(zip(table["motor"], table["det"])), rows
+    rows = rows_in_storage(stack, values, tiled["stack_table"], "motor, det")
+    assert sorted(rows) == sorted(zip(table["motor"], table["det"])), rows
     with psycopg.connect(postgres_dsn(stack, values, "tiled_catalog") + "/tiled_catalog") as conn:
         rows = dict(conn.execute("select key, metadata from nodes where key in ('stack_array','stack_table')"))
         assert rows["stack_array"] == {"sample": "Si"} and rows["stack_table"] == {"scan": 1}
