@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale demo test test-fast lock
+.PHONY: help venv env images up down clean status logs scale demo serve test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,9 @@ logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init)
 
 scale: venv ## Change the replica count live: make scale N=4
 	@$(RUN) scripts.scale $(N)
+
+serve: venv ## One Tiled process here, foreground (PORT= API_KEY= TEMP=1 DATA_DIR= READABLE= STREAMING=1)
+	@$(RUN) scripts.serve
 
 demo: venv ## Write a Bluesky scan + image count through TiledWriter and print the runs
 	@$(RUN) scripts.acquire

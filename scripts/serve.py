@@ -1,0 +1,176 @@
+"""`make serve`: one Tiled process on this host, in the foreground (Ctrl-C stops it).
+
+Option 2 of "Deploy Tiled for Bluesky": an SQLite catalog, DuckDB tables and an
+array directory, persistent in DATA_DIR (default ./data) or temporary (TEMP=1).
+Knobs (environment, all optional): HOST, PORT, API_KEY, TEMP=1, DATA_DIR,
+READABLE=path1:path2 (read-only detector data), STREAMING=1 (websockets backed
+by a Redis started here and stopped with the server) or REDIS_URL=redis://….
+
+Tiled 0.2.20's `tiled serve catalog --cache` fails outside `--temp`, so this
+always writes a config file and runs `tiled serve config`.
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from scripts.env_file import ROOT
+from scripts.say import Failure, note, ok, run_main, step
+
+REDIS_IMAGE = "tiled-stack/redis:7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readable_dirs(raw: str) -> list[str]:
+    paths = [str(Path(p).resolve()) for p in re.split(r"[:,]", raw) if p.strip()]
+    for path in paths:
+        if not Path(path).is_dir():
+            raise Failure(f"READABLE entry {path} is not a directory", "create it or fix READABLE=…")
+    return paths
+
+
+class Redis:
+    """A Redis for STREAMING=1: the stack's own image if Docker has it, else a local redis-server."""
+
+    def __init__(self):
+        self.password = secrets.token_hex(16)
+        self.port = free_port()
+        self.container = None
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        docker = shutil.which("docker")
+        has_image = docker and subprocess.run([docker, "image", "inspect", REDIS_IMAGE],
+                                              capture_output=True).returncode == 0
+        if has_image:
+            step(f"starting Redis ({REDIS_IMAGE}) on 127.0.0.1:{self.port}")
+            self.container = subprocess.run(
+                [docker, "run", "--detach", "--rm", "--env", "REDIS_PASSWORD",
+                 "--publish", f"127.0.0.1:{self.port}:6379", REDIS_IMAGE],
+                env={**os.environ, "REDIS_PASSWORD": self.password},
+                capture_output=True, text=True, check=True).stdout.strip()
+        elif shutil.which("redis-server"):
+            step(f"starting redis-server on 127.0.0.1:{self.port}")
+            self.process = subprocess.Popen(
+                ["redis-server", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+            self.process.stdin.write(f"port {self.port}\nbind 127.0.0.1\nsave \"\"\n"
+                                     f"requirepass {self.password}\n")
+            self.process.stdin.close()
+        else:
+            raise Failure("STREAMING=1 needs Redis: no tiled-stack/redis image and no redis-server",
+                          "run `make images`, install redis-server, or pass REDIS_URL=redis://…")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    ok("Redis answers PONG")
+                    return
+            except redis.RedisError:
+                time.sleep(0.2)
+        self.stop()
+        raise Failure("Redis did not answer within 20 s", "check `docker logs` or redis-server's output")
+
+    def stop(self) -> None:
+        if self.container:
+            subprocess.run(["docker", "stop", "--time", "5", self.container], capture_output=True)
+        if self.process:
+            self.process.terminate()
+            self.process.wait()
+
+
+def config(data_dir: Path, api_key: str, readable: list[str], cache_uri: str, host: str, port: int) -> dict:
+    return {
+        "authentication": {"single_user_api_key": api_key, "allow_anonymous_access": False},
+        "catalog": {
+            "uri": f"sqlite:///{data_dir / 'catalog.db'}",
+            "writable_storage": [str(data_dir / "data"), f"duckdb:///{data_dir / 'storage.duckdb'}"],
+            "readable_storage": readable,
+            "init_if_not_exists": True,
+        },
+        "streaming_cache": {"uri": cache_uri},
+        "uvicorn": {"host": host, "port": port},
+    }
+
+
+def main() -> None:
+    host = os.environ.get("HOST") or "127.0.0.1"
+    port = int(os.environ.get("PORT") or 8000)
+    api_key = os.environ.get("API_KEY") or secrets.token_hex(32)
+    if not re.fullmatch(r"[A-Za-z0-9]+", api_key):
+        raise Failure("API_KEY may hold only letters and digits (Tiled's rule)", "choose another API_KEY")
+    temporary = os.environ.get("TEMP") == "1"
+    readable = readable_dirs(os.environ.get("READABLE", ""))
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise Failure(f"cannot listen on {host}:{port} ({err.strerror})",
+                          "choose another port: `make serve PORT=8001`") from None
+    if temporary:
+        data_dir = Path(tempfile.mkdtemp(prefix="tiled-serve-"))
+    else:
+        data_dir = Path(os.environ.get("DATA_DIR") or ROOT / "data").resolve()
+    (data_dir / "data").mkdir(parents=True, exist_ok=True)
+    redis_server = None
+    cache_uri = os.environ.get("REDIS_URL") or "memory"
+    if os.environ.get("STREAMING") == "1" and not os.environ.get("REDIS_URL"):
+        redis_server = Redis()
+        redis_server.start()
+        cache_uri = redis_server.url
+    config_dir = Path(tempfile.mkdtemp(prefix="tiled-serve-config-"))
+    config_path = config_dir / "config.yml"
+    # JSON is YAML; the file is private because it holds the API key.
+    config_path.write_text(json.dumps(config(data_dir, api_key, readable, cache_uri, host, port), indent=2))
+    config_path.chmod(0o600)
+    kind = "temporary storage (deleted on exit)" if temporary else f"persistent storage in {data_dir}"
+    ok(f"Tiled on http://{host}:{port} with {kind}")
+    note(f"API key:    {api_key}")
+    note(f"streaming:  {'Redis' if cache_uri != 'memory' else 'in-process cache'}; readable: {readable or 'none'}")
+    note("stop with Ctrl-C")
+    # Its own session: a terminal's Ctrl-C reaches Tiled once, forwarded below, not twice.
+    server = subprocess.Popen([str(Path(sys.executable).parent / "tiled"), "serve", "config", str(config_path)],
+                              start_new_session=True)
+    stopping = False
+
+    def forward(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        server.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        code = server.wait()
+    finally:
+        if redis_server:
+            redis_server.stop()
+        shutil.rmtree(config_dir, ignore_errors=True)
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    if code and not stopping:
+        raise Failure(f"Tiled exited with code {code}", "read its output above")
+    ok("Tiled stopped")
+
+
+if __name__ == "__main__":
+    run_main(main)
