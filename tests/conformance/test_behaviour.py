@@ -1,0 +1,113 @@
+"""The same behaviour in every deployment option (see conftest.py for the modes)."""
+
+import asyncio
+import threading
+import time
+
+import h5py
+import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from bluesky import RunEngine
+from bluesky.plans import scan
+from bluesky_tiled_plugins import TiledWriter
+from ophyd.sim import SynAxis, SynGauss
+from tiled.client import from_uri
+from tiled.client.register import register
+
+
+def client(deployment):
+    return from_uri(deployment.url, api_key=deployment.api_key)
+
+
+def unique(name):
+    return f"{name}_{time.monotonic_ns()}"
+
+
+def test_reads_and_writes_need_the_api_key(deployment):
+    with httpx.Client(base_url=deployment.url) as http:
+        assert http.get("/api/v1/metadata/").status_code == 401
+        assert http.get("/api/v1/metadata/", headers={"Authorization": "Apikey wrong"}).status_code == 401
+        body = {"data": {"type": "container",
+                         "attributes": {"structure_family": "container", "metadata": {}, "specs": []}}}
+        assert http.post("/api/v1/metadata/", json=body).status_code == 401
+        ok = http.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {deployment.api_key}"})
+        assert ok.status_code == 200
+
+
+def test_array_round_trip(deployment):
+    array = np.random.default_rng(2).random((64, 50))
+    key = unique("array")
+    client(deployment).write_array(array, key=key, metadata={"mode": deployment.mode})
+    node = client(deployment)[key]
+    assert node.read().tobytes() == array.tobytes() and node.metadata["mode"] == deployment.mode
+
+
+def test_appendable_table_round_trip(deployment):
+    table = pd.DataFrame({"x": np.arange(20, dtype="int64"), "y": np.linspace(0, 1, 20)})
+    key = unique("table")
+    node = client(deployment).create_appendable_table(pa.Schema.from_pandas(table, preserve_index=False), key=key)
+    for part in (table.iloc[:12], table.iloc[12:]):
+        node.append_partition(0, pa.Table.from_pandas(part, preserve_index=False))
+    pd.testing.assert_frame_equal(client(deployment)[key].read(), table)
+
+
+def test_bluesky_scan_through_tiledwriter_reads_back_equal(deployment):
+    events = []
+    engine = RunEngine({}, call_returns_result=False, context_managers=[])
+    engine.subscribe(TiledWriter(client(deployment), batch_size=1))
+    engine.subscribe(lambda name, doc: events.append(doc) if name == "event" else None)
+    motor = SynAxis(name="motor")
+    det = SynGauss("det", motor, "motor", center=0.0, Imax=10.0, sigma=1.0)
+    (uid,) = engine(scan([det], motor, -2, 2, 9))
+    run = client(deployment)[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    data = run["primary"].read()
+    np.testing.assert_array_equal(data["det"].values, [e["data"]["det"] for e in events])
+    np.testing.assert_array_equal(data["motor"].values, [e["data"]["motor"] for e in events])
+
+
+def test_detector_file_in_readable_storage_is_served(deployment):
+    folder = deployment.readable_dir / unique("det")
+    folder.mkdir()
+    frames = np.arange(2 * 16 * 20, dtype="uint16").reshape(2, 16, 20)
+    with h5py.File(folder / "image.h5", "w") as f:
+        f.create_dataset("entry/data/data", data=frames)
+    folder.chmod(0o755)
+    (folder / "image.h5").chmod(0o644)
+    c = client(deployment)
+    asyncio.run(register(c, folder, prefix=f"/{folder.name}"))
+    assert c[folder.name]["image"]["entry"]["data"]["data"].read().tobytes() == frames.tobytes()
+
+
+class Received:
+    def __init__(self):
+        self.values, self.sequences = [], []
+        self.event = threading.Condition()
+
+    def on_data(self, update):
+        with self.event:
+            self.values += update.data()["v"].tolist()
+            self.sequences.append(update.sequence)
+            self.event.notify_all()
+
+
+def test_streaming_delivers_every_update_in_order(deployment):
+    c = client(deployment)
+    node = c.create_appendable_table(pa.schema([("v", pa.int64())]), key=unique("stream"))
+    node.append_partition(0, pa.table({"v": [0]}))
+    received = Received()
+    subscription = node.subscribe()
+    subscription.new_data.add_callback(received.on_data)
+    subscription.start_in_thread()
+    try:
+        for value in range(1, 6):
+            node.append_partition(0, pa.table({"v": [value]}))
+        with received.event:
+            assert received.event.wait_for(lambda: len(received.values) >= 5, timeout=30), received.values
+    finally:
+        subscription.disconnect()
+    assert received.values == [1, 2, 3, 4, 5]
+    first = received.sequences[0]
+    assert received.sequences == list(range(first, first + 5))
