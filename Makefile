@@ -6,11 +6,11 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale demo serve test test-fast lock
+.PHONY: help venv env images up down clean status logs scale demo serve migrate test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean)"
+	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate)"
 
 venv: ## Create/refresh .venv from requirements/host.txt (the other targets do this)
 	@$(PYTHON) -m scripts.ensure_venv
@@ -41,6 +41,9 @@ scale: venv ## Change the replica count live: make scale N=4
 
 serve: venv ## One Tiled process here, foreground (PORT= API_KEY= TEMP=1 DATA_DIR= READABLE= STREAMING=1)
 	@$(RUN) scripts.serve
+
+migrate: venv ## Copy Bluesky runs from a single-process Tiled into the stack (FROM= FROM_KEY=)
+	@$(RUN) scripts.migrate
 
 demo: venv ## Write a Bluesky scan + image count through TiledWriter and print the runs
 	@$(RUN) scripts.acquire

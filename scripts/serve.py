@@ -142,7 +142,7 @@ def main() -> None:
     # JSON is YAML; the file is private because it holds the API key.
     config_path.write_text(json.dumps(config(data_dir, api_key, readable, cache_uri, host, port), indent=2))
     config_path.chmod(0o600)
-    kind = "temporary storage (deleted on exit)" if temporary else f"persistent storage in {data_dir}"
+    kind = f"temporary storage in {data_dir} (deleted on exit)" if temporary else f"persistent storage in {data_dir}"
     ok(f"Tiled on http://{host}:{port} with {kind}")
     note(f"API key:    {api_key}")
     note(f"streaming:  {'Redis' if cache_uri != 'memory' else 'in-process cache'}; readable: {readable or 'none'}")
