@@ -27,7 +27,7 @@ def migrate(source, target) -> tuple[list[str], list[str]]:
             continue
         writer = TiledWriter(target, batch_size=10_000)
         for name, doc in run.documents():
-            writer(name, doc)
+            writer(name, doc.to_dict())  # the client hands out read-only documents
         copied.append(uid)
     return copied, skipped
 

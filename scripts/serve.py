@@ -108,6 +108,8 @@ def config(data_dir: Path, api_key: str, readable: list[str], cache_uri: str, ho
             "init_if_not_exists": True,
         },
         "streaming_cache": {"uri": cache_uri},
+        # Lets a client fetch a run's Bluesky documents (run.documents()): `make migrate` uses it.
+        "media_types": {"container": {"application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"}},
         "uvicorn": {"host": host, "port": port},
     }
 
