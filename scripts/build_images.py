@@ -13,12 +13,10 @@ Safe to rerun: every step says when it has nothing to do.
 """
 
 import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from pathlib import Path

@@ -69,7 +69,7 @@ def validate(values: dict[str, str], path: Path) -> None:
     for key in secret_keys():
         if not URL_SAFE.match(values.get(key, "")):
             raise Failure(f"{key} in {path} has characters that break a database URL",
-                          f"use only letters, digits and _.~- (or delete the line and rerun `make up` to generate one)")
+                          "use only letters, digits and _.~- (or delete the line and rerun `make up` to generate one)")
     for key in ("TILED_REPLICAS", "TILED_MAX_REPLICAS", "TILED_PORT", "HAPROXY_STATS_PORT",
                 "HAPROXY_MAXCONN_PER_REPLICA"):
         if key in values and not values[key].isdigit():

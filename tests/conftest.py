@@ -10,6 +10,8 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,29 @@ def rows_in_storage(stack, values, node, columns: str) -> list[tuple]:
     dsn = f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
     with psycopg.connect(dsn) as conn:
         return conn.execute(f'select {columns} from "{table}" where _dataset_id = %s', (dataset,)).fetchall()
+
+
+class StreamCollector:
+    """Updates from a table subscription, one row each: values, sequence numbers, arrival times.
+
+    Tiled holds callbacks by weak reference: pass the bound method `on_data` of a
+    collector the test keeps, never a bare lambda.
+    """
+
+    def __init__(self, column: str):
+        self.column = column
+        self.values, self.sequences, self.arrived = [], [], {}
+        self.changed = threading.Condition()
+
+    def on_data(self, update):
+        value = int(update.data()[self.column][0])
+        with self.changed:
+            self.values.append(value)
+            self.sequences.append(update.sequence)
+            self.arrived[value] = time.perf_counter()
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 30) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.values) >= count, timeout), (
+                f"{len(self.values)} of {count} updates arrived: {self.values}")

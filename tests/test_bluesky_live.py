@@ -1,7 +1,6 @@
 """Live tier: Bluesky end to end through the stack, and live streaming across replicas."""
 
 import asyncio
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ from ophyd.sim import SynAxis, SynGauss
 from tiled.client import from_uri
 from tiled.client.register import register
 
-from conftest import container_addresses, rows_in_storage
+from conftest import StreamCollector, container_addresses, rows_in_storage
 from scripts import haproxy_stats, wait
 from scripts.acquire import acquire
 from scripts.docker_api import project_containers
@@ -92,32 +91,13 @@ def test_concurrent_run_engines_lose_and_duplicate_nothing(stack, api_key):
         np.testing.assert_allclose(data["motor"].values, np.linspace(-index - 1, index + 1, plans[index]))
 
 
-class Collector:
-    """Holds received updates; a bound method of a live object survives Tiled's weak references."""
-
-    def __init__(self):
-        self.updates, self.arrived = [], {}
-        self.changed = threading.Condition()
-
-    def on_data(self, update):
-        with self.changed:
-            self.updates.append(update)
-            self.arrived[int(update.data()["value"][0])] = time.perf_counter()
-            self.changed.notify_all()
-
-    def wait_for(self, count, timeout=30):
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.updates) >= count, timeout), (
-                f"{len(self.updates)} of {count} updates arrived")
-
-
 @pytest.fixture
 def stream_table(tiled):
     """An appendable table and a subscription to it through HAProxy."""
     key = f"stream_{time.monotonic_ns()}"
     node = tiled.create_appendable_table(pa.schema([("value", pa.int64())]), key=key)
     node.append_partition(0, pa.table({"value": [-1]}))  # the table exists before anyone subscribes
-    collector = Collector()
+    collector = StreamCollector("value")
     subscription = node.subscribe()
     subscription.new_data.add_callback(collector.on_data)
     subscription.start_in_thread()
@@ -140,9 +120,8 @@ def subscriber_replica(stack):
 
 
 def assert_in_order(collector, values):
-    got = [int(u.data()["value"][0]) for u in collector.updates]
-    assert got == values, got
-    sequences = [u.sequence for u in collector.updates]
+    assert collector.values == values, collector.values
+    sequences = collector.sequences
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences))), sequences
 
 

@@ -1,7 +1,6 @@
 """The same behaviour in every deployment option (see conftest.py for the modes)."""
 
 import asyncio
-import threading
 import time
 
 import h5py
@@ -15,6 +14,8 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import SynAxis, SynGauss
 from tiled.client import from_uri
 from tiled.client.register import register
+
+from conftest import StreamCollector
 
 
 def client(deployment):
@@ -81,31 +82,18 @@ def test_detector_file_in_readable_storage_is_served(deployment):
     assert c[folder.name]["image"]["entry"]["data"]["data"].read().tobytes() == frames.tobytes()
 
 
-class Received:
-    def __init__(self):
-        self.values, self.sequences = [], []
-        self.event = threading.Condition()
-
-    def on_data(self, update):
-        with self.event:
-            self.values += update.data()["v"].tolist()
-            self.sequences.append(update.sequence)
-            self.event.notify_all()
-
-
 def test_streaming_delivers_every_update_in_order(deployment):
     c = client(deployment)
     node = c.create_appendable_table(pa.schema([("v", pa.int64())]), key=unique("stream"))
     node.append_partition(0, pa.table({"v": [0]}))
-    received = Received()
+    received = StreamCollector("v")
     subscription = node.subscribe()
     subscription.new_data.add_callback(received.on_data)
     subscription.start_in_thread()
     try:
         for value in range(1, 6):
             node.append_partition(0, pa.table({"v": [value]}))
-        with received.event:
-            assert received.event.wait_for(lambda: len(received.values) >= 5, timeout=30), received.values
+        received.wait_for(5)
     finally:
         subscription.disconnect()
     assert received.values == [1, 2, 3, 4, 5]
