@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 
+from scripts import side_replica
 from scripts.compose import STATE, Stack
 from scripts.say import Failure, ok, run_main, step
 
@@ -27,6 +28,7 @@ def main() -> None:
     if not confirmed(stack.project):
         raise Failure("not confirmed; nothing was deleted", "rerun `make clean` and type the project name")
     step(f"removing project {stack.project}: containers, networks and volumes")
+    side_replica.remove(stack.project)
     stack.run("down", "--volumes", "--remove-orphans")
     shutil.rmtree(STATE / stack.project, ignore_errors=True)
     ok(f"{stack.project} removed with its data; {stack.env_path} (secrets) kept")

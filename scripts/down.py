@@ -1,5 +1,6 @@
 """`make down`: stop and remove the stack's containers; volumes (all data) are kept."""
 
+from scripts import side_replica
 from scripts.compose import Stack
 from scripts.say import ok, run_main, step
 
@@ -7,6 +8,7 @@ from scripts.say import ok, run_main, step
 def main() -> None:
     stack = Stack()
     step(f"stopping project {stack.project} (data volumes are kept)")
+    side_replica.remove(stack.project)  # benchmark/comparison replicas, if any are left
     stack.run("down", "--remove-orphans")
     ok(f"{stack.project} stopped; `make up` starts it again with the same data")
 

@@ -109,6 +109,9 @@ def stack(request, images, stack_env, docker_services) -> Stack:
         make("up", stack_env)
         yield Stack()
     finally:
+        from scripts import side_replica
+
+        side_replica.remove(Stack().project)  # else `down` cannot remove the network
         if request.session.testsfailed:
             done = subprocess.run(Stack().args("logs", "--no-color", "--tail=150"),
                                   cwd=ROOT, text=True, capture_output=True)

@@ -12,6 +12,8 @@ import sys
 
 from tiled.config import parse_configs
 
+from tiled_stack import dependant_cache
+
 SHARED_ARRAY_ROOT = "/data/arrays"
 
 
@@ -47,7 +49,12 @@ def main() -> None:
         sys.exit(78)  # EX_CONFIG
     readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
-    os.execvp("tiled", ["tiled", "serve", "config", "--scalable", config_path])
+    print(f"tiled-stack: {dependant_cache.install()}", flush=True)
+    # Tiled's own command line, in this process, so that the fix above applies.
+    from tiled.commandline.main import main as tiled_cli
+
+    sys.argv = ["tiled", "serve", "config", "--scalable", config_path]
+    sys.exit(tiled_cli())
 
 
 if __name__ == "__main__":

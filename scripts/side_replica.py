@@ -1,0 +1,60 @@
+"""A Tiled replica outside HAProxy's rotation, for comparisons and benchmarks.
+
+It is a copy of a running replica (same image, environment, volumes and backend
+network) with a few environment variables changed, e.g.
+FASTAPI_DEPENDANT_CACHE=off. It has no `tiled` network alias, so HAProxy never
+sends it traffic; it is reached at its own address on the backend network.
+`make down` removes any that are left over.
+"""
+
+import time
+
+import httpx
+
+from scripts.docker_api import client, project_containers
+from scripts.say import Failure
+
+LABEL = "tiled-stack.side-replica"
+
+
+def start(project: str, name: str, **env: str):
+    """Start a side replica; return (container, base URL). Replaces one of the same name."""
+    (template, *_) = project_containers(project, "tiled", all=False) or [None]
+    if template is None:
+        raise Failure(f"project {project} has no running Tiled replica to copy", "run `make up` first")
+    remove(project, name)
+    config, host = template.attrs["Config"], template.attrs["HostConfig"]
+    environment = [e for e in config["Env"] if e.split("=", 1)[0] not in env]
+    environment += [f"{k}={v}" for k, v in env.items()]
+    (network,) = [n for n in template.attrs["NetworkSettings"]["Networks"] if n.endswith("_backend")]
+    container = client().containers.run(
+        config["Image"], name=f"{project}_side_{name}", detach=True,
+        environment=environment, user=config.get("User") or None,
+        volumes=[f"{m['Source'] if m['Type'] == 'bind' else m['Name']}:{m['Destination']}:{'rw' if m['RW'] else 'ro'}"
+                 for m in template.attrs["Mounts"]],
+        network=network, mem_limit=host.get("Memory") or None,
+        labels={LABEL: project}, stop_signal="SIGINT")
+    container.reload()
+    address = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    url = f"http://{address}:8000"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return container, url
+        except httpx.HTTPError:
+            pass
+        container.reload()
+        if container.status == "exited":
+            break
+        time.sleep(0.5)
+    logs = container.logs(tail=30).decode(errors="replace")
+    remove(project, name)
+    raise Failure(f"side replica {name} did not become healthy:\n{logs}", "read the log above")
+
+
+def remove(project: str, name: str | None = None) -> None:
+    """Remove this project's side replicas (one, or all)."""
+    for c in client().containers.list(all=True, filters={"label": f"{LABEL}={project}"}):
+        if name is None or c.name == f"{project}_side_{name}":
+            c.remove(force=True)
