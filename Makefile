@@ -6,11 +6,11 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale demo serve migrate test test-fast lock
+.PHONY: help venv env images up down clean status logs scale demo serve migrate bench test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate)"
+	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate), QUICK=1 OUT= (bench)"
 
 venv: ## Create/refresh .venv from requirements/host.txt (the other targets do this)
 	@$(PYTHON) -m scripts.ensure_venv
@@ -47,6 +47,9 @@ migrate: venv ## Copy Bluesky runs from a single-process Tiled into the stack (F
 
 demo: venv ## Write a Bluesky scan + image count through TiledWriter and print the runs
 	@$(RUN) scripts.acquire
+
+bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=dir)
+	@$(RUN) scripts.bench
 
 test: venv ## Run the whole test suite (fast tier, then a live stack of its own)
 	@$(VENV) -m pytest

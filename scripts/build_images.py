@@ -24,6 +24,7 @@ from pathlib import Path
 import docker.errors
 import yaml
 
+from scripts import timings
 from scripts.docker_api import client
 from scripts.env_file import ROOT
 from scripts.say import Failure, note, ok, run_main, step
@@ -184,6 +185,7 @@ def main() -> None:
     ensure_base(base)
     base_id = client().images.get(base).id
     WHEELS.mkdir(parents=True, exist_ok=True)
+    built = []
     for service, spec in builds.items():
         args = dict(spec["args"])
         digest = context_digest(spec["context"], args, base_id)
@@ -200,7 +202,11 @@ def main() -> None:
                 ensure_wheels(spec["context"] / "requirements.txt")
                 args["PIP_INSTALL_FLAGS"] = "--no-index"
         build(spec["image"], spec["context"], args, {CONTEXT_LABEL: digest})
-    ok(f"images ready in {time.monotonic() - started:.0f}s")
+        built.append(spec["image"])
+    seconds = time.monotonic() - started
+    if built:
+        timings.record("images", seconds, built=built)
+    ok(f"images ready in {seconds:.0f}s")
 
 
 if __name__ == "__main__":

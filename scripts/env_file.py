@@ -74,9 +74,9 @@ def validate(values: dict[str, str], path: Path) -> None:
                 "HAPROXY_MAXCONN_PER_REPLICA"):
         if key in values and not values[key].isdigit():
             raise Failure(f"{key}={values[key]!r} in {path} is not a whole number", f"fix it in {path}")
-    switch = values.get("FASTAPI_DEPENDANT_CACHE", "on")
-    if switch not in ("on", "off"):
-        raise Failure(f"FASTAPI_DEPENDANT_CACHE={switch!r} in {path} must be on or off", f"fix it in {path}")
+    for key in ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE"):
+        if values.get(key, "on") not in ("on", "off"):
+            raise Failure(f"{key}={values[key]!r} in {path} must be on or off", f"fix it in {path}")
     replicas = int(values.get("TILED_REPLICAS", "3"))
     ceiling = int(values.get("TILED_MAX_REPLICAS", "8"))
     if not 1 <= replicas <= ceiling:

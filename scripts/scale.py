@@ -52,9 +52,7 @@ def target_count(stack: Stack) -> int:
     return int(raw)
 
 
-def main() -> None:
-    stack = Stack()
-    target = target_count(stack)
+def scale_to(stack: Stack, target: int) -> None:
     leaving = replicas_to_remove(stack, target)
     drained = []
     if leaving:
@@ -68,6 +66,12 @@ def main() -> None:
         haproxy_stats.admin(stack.project, f"set server {slot} state ready")
     wait.until_healthy(stack, target)
     ok(f"{target} replicas serving")
+
+
+def main() -> None:
+    stack = Stack()
+    target = target_count(stack)
+    scale_to(stack, target)
     if target != stack.replicas:
         note(f"`make up` returns to TILED_REPLICAS={stack.replicas} from {stack.env_path}; set it there to keep {target}")
 

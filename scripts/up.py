@@ -5,8 +5,9 @@ Safe to rerun: existing secrets, images, volumes and containers are kept.
 
 import errno
 import socket
+import time
 
-from scripts import build_images, env_file, wait
+from scripts import build_images, env_file, timings, wait
 from scripts.compose import Stack
 from scripts.docker_api import project_containers
 from scripts.say import Failure, note, ok, run_main, step
@@ -39,13 +40,18 @@ def check_port_free(stack: Stack, address: str, port: int, key: str) -> None:
 
 
 def main() -> None:
+    started = time.monotonic()
     stack = Stack(env_file.ensure())
     check_port_free(stack, stack.bind_address, stack.port, "TILED_PORT")
     check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
     build_images.main()
+    images_ready = time.monotonic()
+    running = len(project_containers(stack.project, all=False))
     step(f"starting project {stack.project} with {stack.replicas} Tiled replicas")
     stack.run("up", "--detach", "--remove-orphans", "--scale", f"tiled={stack.replicas}")
     wait.until_healthy(stack, stack.replicas)
+    timings.record(f"up/{stack.project}", time.monotonic() - images_ready, replicas=stack.replicas,
+                   was_running=running > 0, images_seconds=round(images_ready - started, 1))
     ok(f"Tiled is up at {stack.url}  ({stack.replicas} replicas behind HAProxy)")
     note(f"API key:   TILED_SINGLE_USER_API_KEY in {stack.env_path}  "
          f"(grep TILED_SINGLE_USER_API_KEY {stack.env_path})")

@@ -1,8 +1,10 @@
-"""Live tier: the FastAPI dependant-cache fix (tiled/tiled_stack/dependant_cache.py)
-changes no response.
+"""Live tier: the per-replica CPU fixes change no response.
 
-A fixed set of requests goes to a stack replica (fix on, the default) and to a
-side replica of the same image with FASTAPI_DEPENDANT_CACHE=off; status codes,
+The fixes are tiled/tiled_stack/dependant_cache.py (FastAPI's per-request
+dependency re-analysis) and node_alias_cache.py (Tiled's per-request SQL aliases).
+A fixed set of requests goes to a stack replica (fixes on, the default) and to a
+side replica of the same image with FASTAPI_DEPENDANT_CACHE=off and
+NODE_ALIAS_CACHE=off; status codes,
 content types and bodies must be byte-identical. Only timing headers and request
 ids are ignored. Writes go to one node per side, named so that swapping the
 names is the only difference.
@@ -30,7 +32,7 @@ HOST = {"Host": "tiled.example.org"}  # the same Host on both sides: links are b
 def replicas(stack):
     """(fix-on URL, its container, fix-off URL)."""
     on_address, on_container = next(iter(container_addresses(stack, "tiled").items()))
-    _, off_url = side_replica.start(stack.project, "fix_off", FASTAPI_DEPENDANT_CACHE="off")
+    _, off_url = side_replica.start(stack.project, "fix_off", FASTAPI_DEPENDANT_CACHE="off", NODE_ALIAS_CACHE="off")
     try:
         yield f"http://{on_address}:8000", on_container, off_url
     finally:
@@ -46,6 +48,7 @@ def dataset(tiled):
     for i in range(12):
         parent.create_container(f"n{i:02d}", metadata={"i": i, "color": ["red", "green", "blue"][i % 3],
                                                        "note": f"sample {i} in beam"})
+    parent["n00"].create_container("inner", metadata={"depth": 3}).create_container("innermost")
     parent.write_array(np.arange(2400, dtype="int32").reshape(40, 60), key="arr", metadata={"unit": "count"})
     frame = pd.DataFrame({"x": np.linspace(0, 1, 20), "y": np.arange(20, dtype="int64")})
     table = parent.create_appendable_table(pa.Schema.from_pandas(frame, preserve_index=False), key="tbl")
@@ -69,6 +72,9 @@ def requests(api_key: str, secret: str, side: str) -> list[tuple[str, str, dict]
         ("GET", "/api/v1/", {}),
         ("GET", "/api/v1/metadata/identity", {"headers": key}),
         ("GET", "/api/v1/metadata/identity/n03", {"headers": key}),
+        ("GET", "/api/v1/metadata/identity/n00/inner/innermost", {"headers": key}),
+        ("GET", "/api/v1/search/identity/n00/inner", {"headers": key}),
+        ("GET", "/api/v1/metadata/identity/n00/no/such/path", {"headers": key}),
         ("GET", "/api/v1/search/identity?page[offset]=0&page[limit]=5", {"headers": key}),
         ("GET", "/api/v1/search/identity?page[offset]=5&page[limit]=5&sort=-i", {"headers": key}),
         ("GET", "/api/v1/search/identity?" + flt.format("eq", "key", "color") + "&"
@@ -115,15 +121,16 @@ def answer(client: httpx.Client, method: str, path: str, kwargs: dict, side: str
     return r.status_code, r.headers.get("content-type"), r.content.replace(f"w_{side}".encode(), b"w_SIDE")
 
 
-def test_stack_replicas_serve_with_the_switch_as_configured(replicas):
-    """On by default; `FASTAPI_DEPENDANT_CACHE=off make test` runs the whole suite with it off."""
-    _, on_container, _ = replicas
+def test_replicas_serve_with_the_switches_as_configured(replicas):
+    """On by default; `FASTAPI_DEPENDANT_CACHE=off NODE_ALIAS_CACHE=off make test` runs
+    the whole suite with both off."""
+    _, on_container, off_url = replicas
     log = on_container.logs().decode(errors="replace")
-    expected = os.environ.get("FASTAPI_DEPENDANT_CACHE", "on")
-    assert f"tiled-stack: dependant cache {expected} (" in log
+    assert f"tiled-stack: dependant cache {os.environ.get('FASTAPI_DEPENDANT_CACHE', 'on')} (" in log
+    assert f"tiled-stack: node alias cache {os.environ.get('NODE_ALIAS_CACHE', 'on')} (" in log
 
 
-def test_responses_are_identical_with_the_fix_on_and_off(replicas, dataset, api_key, values):
+def test_responses_are_identical_with_the_fixes_on_and_off(replicas, dataset, api_key, values):
     on_url, _, off_url = replicas
     secret = values["TILED_SECRET_KEY"]
     compared = []
@@ -132,12 +139,12 @@ def test_responses_are_identical_with_the_fix_on_and_off(replicas, dataset, api_
                                                          requests(api_key, secret, "off")):
             got_on = answer(on, method, path, kw_on, "on")
             got_off = answer(off, method, path.replace("w_on", "w_off"), kw_off, "off")
-            assert got_on == got_off, f"{method} {path}: fix on → {got_on[:2]}, off → {got_off[:2]}\n" \
+            assert got_on == got_off, f"{method} {path}: fixes on → {got_on[:2]}, off → {got_off[:2]}\n" \
                                       f"{got_on[2][:300]!r}\n{got_off[2][:300]!r}"
             compared.append((got_on[0], method, path.split("?")[0]))
             print(got_on[0], method, path[:90])
     statuses = sorted({s for s, *_ in compared})
-    print(f"\n{len(compared)} requests, identical with the fix on and off; statuses {statuses}")
+    print(f"\n{len(compared)} requests, identical with the fixes on and off; statuses {statuses}")
     assert {200, 401, 404, 422} <= set(statuses), "the set must cover successes and each kind of refusal"
     # Upstream (tiled 0.2.20): in single-user mode a Tiled-signed token with fewer scopes
     # gets a 500, on both sides alike. It is the only 5xx; if it changes, update this.

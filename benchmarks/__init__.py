@@ -1,0 +1,1 @@
+"""`make bench`: what scaling out buys, measured against one Tiled reached directly."""

@@ -1,0 +1,163 @@
+"""`make bench`: measure the running stack against one Tiled reached directly.
+
+Configurations, in one run on the same machine:
+  direct-1          one replica, its own address, no HAProxy (the baseline: what
+                    upstream Tiled's compose file runs)
+  direct-1-fixes-off  the same with the CPU fixes off (FASTAPI_DEPENDANT_CACHE=off,
+                    NODE_ALIAS_CACHE=off; metadata and search only)
+  haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
+
+Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
+profile (≈ 2 min) that checks the harness works; its figures mean little.
+"""
+
+import asyncio
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+from benchmarks import load, report, resources, workloads
+from scripts import haproxy_stats, scale, side_replica, timings
+from scripts.compose import ROOT, Stack
+from scripts.docker_api import project_containers
+from scripts.say import Failure, note, ok, run_main, step
+
+
+@dataclasses.dataclass
+class Profile:
+    name: str
+    nodes: int
+    levels: list[int]
+    repeats: int
+    seconds: float
+    replicas: list[int]
+    fix_off: bool
+    bluesky: tuple[int, int]  # writers, events each
+    streaming: tuple[int, float, float]  # subscribers, updates/s, seconds
+
+
+DEFAULT = Profile("default", nodes=10_000, levels=[1, 4, 16], repeats=3, seconds=1.5, replicas=[1, 2, 3],
+                  fix_off=True, bluesky=(4, 25), streaming=(20, 10.0, 5.0))
+QUICK = Profile("quick", nodes=300, levels=[4], repeats=1, seconds=1.0, replicas=[1, 2],
+                fix_off=True, bluesky=(2, 5), streaming=(4, 10.0, 1.0))
+HTTP = ["metadata", "search", "array", "table", "append"]
+FIX_OFF_HTTP = ["metadata", "search"]
+
+
+def replica_urls(stack: Stack) -> list[str]:
+    urls = []
+    for c in sorted(project_containers(stack.project, "tiled", all=False), key=lambda c: c.name):
+        for name, net in c.attrs["NetworkSettings"]["Networks"].items():
+            if name.endswith("_backend"):
+                urls.append(f"http://{net['IPAddress']}:8000")
+    return urls
+
+
+def haproxy_maxconn(stack: Stack) -> int:
+    (haproxy,) = project_containers(stack.project, "haproxy", all=False)
+    env = dict(e.split("=", 1) for e in haproxy.attrs["Config"]["Env"])
+    return int(env["HAPROXY_MAXCONN_PER_REPLICA"])
+
+
+def run_http(project: str, url: str, requests: dict, names: list[str], profile: Profile, label: str) -> dict:
+    out = {}
+    for name in names:
+        points = []
+        for clients in profile.levels:
+            before = resources.cpu_seconds(project)
+            samples = [asyncio.run(load.closed_loop(lambda s, rng: requests[name](s, rng, url), clients,
+                                                    profile.seconds, warmup=0.3))
+                       for _ in range(profile.repeats)]
+            used = resources.cpu_used(before, resources.cpu_seconds(project))
+            point = load.summarise(samples)
+            # CPU over the whole point (warm-ups included), per answered request.
+            answered = point["requests"] * (1 + 0.3 / profile.seconds)
+            point["cpu_ms_per_request"] = {k: round(1000 * v / answered, 2) for k, v in used.items()}
+            points.append(point)
+        out[name] = points
+        top = points[-1]
+        note(f"{label:17} {name:9} " + "  ".join(f"c={p['clients']}: {p['throughput']:6.1f}/s" for p in points)
+             + f"  p99@{top['clients']} {top['p99_ms']:.0f} ms  5xx {sum(p['errors_5xx'] for p in points)}")
+    return out
+
+
+def main() -> None:
+    profile = QUICK if os.environ.get("QUICK") == "1" else DEFAULT
+    stack = Stack()
+    if not project_containers(stack.project, "haproxy", all=False):
+        raise Failure(f"project {stack.project} is not running", "start it with `make up`, then rerun `make bench`")
+    if max(profile.replicas) > stack.max_replicas:
+        raise Failure(f"the benchmark needs {max(profile.replicas)} replicas; TILED_MAX_REPLICAS is "
+                      f"{stack.max_replicas}", f"raise TILED_MAX_REPLICAS in {stack.env_path}, then `make down && make up`")
+    api_key = stack.values["TILED_SINGLE_USER_API_KEY"]
+    out_dir = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    original = haproxy_stats.up_count(stack.stats_url)
+    step(f"benchmark profile {profile.name} on project {stack.project} ({original} replicas now)")
+    root = workloads.prepare(stack.local_url, api_key, profile.nodes)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    results = {
+        "meta": {"date": datetime.datetime.now().isoformat(timespec="seconds"), "profile": dataclasses.asdict(profile),
+                 "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
+                          "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+                 "haproxy_maxconn_per_replica": haproxy_maxconn(stack),
+                 "cpu_fixes": {k: stack.values.get(k, "on") for k in ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE")}},
+        "timings": {k: v for k, v in timings.read().items() if k in ("images", f"up/{stack.project}")},
+        "http": {}, "bluesky": {}, "streaming": {}, "resources": {},
+    }
+    try:
+        for n in profile.replicas:
+            scale.scale_to(stack, n)
+            urls = replica_urls(stack)
+            if n == 1:
+                results["resources"]["idle"] = {"memory_mib": resources.replica_memory_mib(stack.project),
+                                                "pg_connections": resources.pg_connections(stack.project)}
+                append_key = f"append_direct_{stamp}"
+                workloads.create_append_table(root, append_key)
+                requests = workloads.http_workloads(api_key, profile.nodes, append_key)
+                step("direct-1: one replica at its own address, no HAProxy")
+                results["http"]["direct-1"] = run_http(stack.project, urls[0], requests, HTTP, profile, "direct-1")
+                results["bluesky"]["direct-1"] = workloads.bluesky_runs(urls[0], api_key, *profile.bluesky)
+                results["streaming"]["direct-1"] = workloads.streaming(urls[0], urls, api_key, "stream_d1",
+                                                                       *profile.streaming)
+                if profile.fix_off:
+                    step("direct-1-fixes-off: a side replica with the CPU fixes off")
+                    _, off_url = side_replica.start(stack.project, "bench_fixes_off", FASTAPI_DEPENDANT_CACHE="off",
+                                                    NODE_ALIAS_CACHE="off")
+                    try:
+                        results["http"]["direct-1-fixes-off"] = run_http(stack.project, off_url, requests,
+                                                                         FIX_OFF_HTTP, profile, "direct-1-fixes-off")
+                    finally:
+                        side_replica.remove(stack.project, "bench_fixes_off")
+            label = f"haproxy-{n}"
+            step(f"{label}: {n} replica(s) behind HAProxy")
+            append_key = f"append_{label}_{stamp}"
+            workloads.create_append_table(root, append_key)
+            requests = workloads.http_workloads(api_key, profile.nodes, append_key)
+            if n == max(profile.replicas):
+                with resources.Sampler(stack.project) as sampler:
+                    results["http"][label] = run_http(stack.project, stack.local_url, requests, HTTP, profile, label)
+                results["resources"]["under_load"] = {"replicas": n, **sampler.summary()}
+            else:
+                results["http"][label] = run_http(stack.project, stack.local_url, requests, HTTP, profile, label)
+            results["bluesky"][label] = workloads.bluesky_runs(stack.local_url, api_key, *profile.bluesky)
+            if n >= 2:  # the writer on one replica, every subscriber on the others
+                results["streaming"][label] = workloads.streaming(urls[0], urls[1:], api_key, f"stream_{n}",
+                                                                  *profile.streaming)
+    finally:
+        side_replica.remove(stack.project)
+        if haproxy_stats.up_count(stack.stats_url) != original:
+            step(f"restoring {original} replicas")
+            scale.scale_to(stack, original)
+    results["meta"]["seconds"] = round(time.monotonic() - started, 1)
+    paths = report.write(results, out_dir, stamp)
+    print(report.summary(results))
+    ok(f"benchmark done in {results['meta']['seconds']:.0f}s: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,40 @@
+"""Live tier: `make bench QUICK=1` runs against the stack and produces sane results.
+
+Only that the harness works is asserted (every configuration and workload has
+answers, nothing failed, the report files exist); speed is the benchmark's
+business (`make bench`, benchmarks/README.md), never a test's.
+"""
+
+import json
+
+import pytest
+
+from conftest import make
+from scripts import haproxy_stats
+
+pytestmark = pytest.mark.live
+
+
+def test_quick_benchmark_produces_complete_results(stack, tmp_path):
+    before = haproxy_stats.up_count(stack.stats_url)
+    done = make("bench", stack.env_path, QUICK="1", OUT=str(tmp_path))
+    print(done.stdout[-2500:])
+    (result,) = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    assert set(data["http"]) == {"direct-1", "direct-1-fixes-off", "haproxy-1", "haproxy-2"}
+    for config, workloads in data["http"].items():
+        expected = {"metadata", "search"} if config.endswith("fixes-off") else \
+                   {"metadata", "search", "array", "table", "append"}
+        assert set(workloads) == expected, config
+        for name, points in workloads.items():
+            for p in points:
+                assert p["requests"] > 0 and p["throughput"] > 0, (config, name, p)
+                assert set(p["statuses"]) == {"200"} and not p["failures"], (config, name, p)
+    for config, runs in data["bluesky"].items():
+        assert runs["stored"] == runs["events"] > 0, (config, runs)
+    for config, stream in data["streaming"].items():
+        assert stream["delivered"] == stream["expected"] > 0, (config, stream)
+    assert data["resources"]["idle"]["memory_mib"] and data["resources"]["under_load"]["samples"] > 0
+    assert result.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Targets" in result.with_suffix(".md").read_text()
+    assert haproxy_stats.up_count(stack.stats_url) == before, "the benchmark must restore the replica count"
