@@ -130,11 +130,8 @@ def cpu_cell(p: dict) -> str:
 
 
 def busy(p: dict, results: dict) -> str:
-    """Share of the host's cores busy during the point."""
-    cpu = p.get("cpu_ms_per_request", {})
-    if "host_busy" not in cpu:
-        return ""
-    return f"{100 * cpu['host_busy'] * p['throughput'] / 1000 / results['meta']['host']['cpus']:.0f} %"
+    """Share of all the host's cores that was busy during the point (anything running)."""
+    return f"{p['host_busy_pct']} %" if "host_busy_pct" in p else ""
 
 
 def per_core(results: dict) -> list[str]:
@@ -160,6 +157,7 @@ def plot(results: dict, path: Path) -> None:
 
     http = results["http"]
     names = [w for w in HTTP_ORDER if any(w in c for c in http.values())]
+    colors = {config: f"C{i}" for i, config in enumerate(http)}  # one colour per configuration everywhere
     fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 7), squeeze=False)
     for col, w in enumerate(names):
         for config, workloads in http.items():
@@ -167,11 +165,12 @@ def plot(results: dict, path: Path) -> None:
                 continue
             points = workloads[w]
             x = [p["clients"] for p in points]
-            line, = axes[0][col].plot(x, [p["throughput"] for p in points], marker="o", label=config)
+            color = colors[config]
+            axes[0][col].plot(x, [p["throughput"] for p in points], marker="o", label=config, color=color)
             axes[0][col].fill_between(x, [p["throughput_min"] for p in points],
-                                      [p["throughput_max"] for p in points], alpha=0.15, color=line.get_color())
-            axes[1][col].plot(x, [p["p50_ms"] for p in points], marker="o", color=line.get_color(), label=config)
-            axes[1][col].plot(x, [p["p99_ms"] for p in points], ls=":", color=line.get_color())
+                                      [p["throughput_max"] for p in points], alpha=0.15, color=color)
+            axes[1][col].plot(x, [p["p50_ms"] for p in points], marker="o", color=color, label=config)
+            axes[1][col].plot(x, [p["p99_ms"] for p in points], ls=":", color=color)
         axes[0][col].set_title(w)
         axes[0][col].set_ylabel("requests/s")
         axes[1][col].set_ylabel("latency ms (p50 —, p99 ···)")
@@ -204,3 +203,10 @@ def summary(results: dict) -> str:
     for config, by in results["ratios"].items():
         lines.append(f"  {config:17} " + "  ".join(f"{w} {r:.2f}×" for w, r in by.items()))
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # re-render a result: python -m benchmarks.report benchmarks/results/<stamp>.json
+    import sys
+
+    source = Path(sys.argv[1])
+    print(", ".join(str(p) for p in write(json.loads(source.read_text()), source.parent, source.stem)))

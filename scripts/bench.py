@@ -67,12 +67,14 @@ def run_http(project: str, url: str, requests: dict, names: list[str], profile: 
     for name in names:
         points = []
         for clients in profile.levels:
-            before = resources.cpu_seconds(project)
+            before, wall = resources.cpu_seconds(project), time.monotonic()
             samples = [asyncio.run(load.closed_loop(lambda s, rng: requests[name](s, rng, url), clients,
                                                     profile.seconds, warmup=0.3))
                        for _ in range(profile.repeats)]
             used = resources.cpu_used(before, resources.cpu_seconds(project))
+            wall = time.monotonic() - wall
             point = load.summarise(samples)
+            point["host_busy_pct"] = round(100 * used.pop("host_busy") / wall / (os.cpu_count() or 1))
             # CPU over the whole point (warm-ups included), per answered request.
             answered = point["requests"] * (1 + 0.3 / profile.seconds)
             point["cpu_ms_per_request"] = {k: round(1000 * v / answered, 2) for k, v in used.items()}
