@@ -12,7 +12,7 @@ import sys
 
 from tiled.config import parse_configs
 
-from tiled_stack import dependant_cache, node_alias_cache
+from tiled_stack import dependant_cache, node_alias_cache, readiness
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
@@ -51,6 +51,7 @@ def main() -> None:
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
     print(f"tiled-stack: {dependant_cache.install()}", flush=True)
     print(f"tiled-stack: {node_alias_cache.install()}", flush=True)
+    print(f"tiled-stack: {readiness.install()}", flush=True)
     # Tiled's own command line, in this process, so that the fix above applies.
     from tiled.commandline.main import main as tiled_cli
 
