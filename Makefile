@@ -6,11 +6,11 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale demo serve migrate bench test test-fast lock
+.PHONY: help venv env images up down clean status logs scale backup restore demo serve migrate bench test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate), QUICK=1 OUT= (bench)"
+	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate), QUICK=1 OUT= (bench), BACKUP= BACKUP_DIR= (restore/backup)"
 
 venv: ## Create/refresh .venv from requirements/host.txt (the other targets do this)
 	@$(PYTHON) -m scripts.ensure_venv
@@ -38,6 +38,12 @@ logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init)
 
 scale: venv ## Change the replica count live: make scale N=4
 	@$(RUN) scripts.scale $(N)
+
+backup: venv ## Back up catalog, storage, arrays and config into backups/<project>-<time>/ (BACKUP_DIR=)
+	@$(RUN) scripts.backup
+
+restore: venv ## Restore a backup into an empty stack: make restore BACKUP=backups/… (FORCE=1 to replace data)
+	@$(RUN) scripts.restore
 
 serve: venv ## One Tiled process here, foreground (PORT= API_KEY= TEMP=1 DATA_DIR= READABLE= STREAMING=1)
 	@$(RUN) scripts.serve

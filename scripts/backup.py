@@ -1,0 +1,118 @@
+"""`make backup [BACKUP_DIR=…]`: a consistent, timestamped backup of the running stack.
+
+Writes backups/<project>-<UTC time>/ (or BACKUP_DIR):
+  catalog.dump   pg_dump -Fc of tiled_catalog (metadata)
+  storage.dump   pg_dump -Fc of tiled_storage (tabular event data)
+  arrays.tar     the shared array volume (/data/arrays)
+  config/        compose.yaml, the override if any, tiled/config.yml, and .env
+                 WITHOUT its secrets (keep .env itself safe separately)
+  manifest.json  versions, row counts and a sha256 of every file
+
+Order gives referential consistency while writers keep writing: the catalog is
+dumped first, then the data it points at, so every node in catalog.dump finds its
+rows and array chunks (data written after the catalog dump is extra, never
+missing). Redis is not backed up: it holds only the last hour of streaming updates.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from scripts import env_file
+from scripts.compose import ROOT, Stack
+from scripts.docker_api import project_containers
+from scripts.say import Failure, ok, run_main, step
+
+DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage"}
+ARRAYS = "/data/arrays"
+
+
+def running(stack: Stack, service: str):
+    containers = project_containers(stack.project, service, all=False)
+    if not containers:
+        raise Failure(f"the {service} service of {stack.project} is not running",
+                      "start the stack with `make up`, then rerun")
+    return containers[0]
+
+
+def exec_to_file(container, command: list[str], target: Path, user: str) -> None:
+    """Stream a command's stdout from inside a container into a file; fail on a non-zero exit."""
+    api = container.client.api
+    exec_id = api.exec_create(container.id, command, user=user, stdout=True, stderr=True)["Id"]
+    errors = []
+    with open(target, "wb") as out:
+        for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
+            if stdout:
+                out.write(stdout)
+            if stderr:
+                errors.append(stderr)
+    code = api.exec_inspect(exec_id)["ExitCode"]
+    if code:
+        raise Failure(f"`{' '.join(command)}` failed in {container.name} (exit {code}): "
+                      f"{b''.join(errors).decode(errors='replace').strip()[-500:]}",
+                      "check `make status`; nothing was changed in the stack")
+
+
+def sql(postgres, database: str, query: str) -> str:
+    code, output = postgres.exec_run(["psql", "-U", "postgres", "-d", database, "-Atc", query], user="postgres")
+    if code:
+        raise Failure(f"psql on {database} failed: {output.decode(errors='replace').strip()}", "check `make status`")
+    return output.decode().strip()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_config(stack: Stack, target: Path) -> None:
+    target.mkdir()
+    for source in [ROOT / "compose.yaml", ROOT / "compose.override.yaml", ROOT / "tiled" / "config.yml"]:
+        if source.exists():
+            shutil.copy2(source, target / source.name)
+    secrets = set(env_file.secret_keys())
+    lines = [line if line.split("=", 1)[0] not in secrets else f"{line.split('=', 1)[0]}=  # secret, not backed up"
+             for line in stack.env_path.read_text().splitlines()]
+    (target / "env.without-secrets").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    stack = Stack()
+    postgres, replica = running(stack, "postgres"), running(stack, "tiled")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = Path(os.environ.get("BACKUP_DIR") or ROOT / "backups" / f"{stack.project}-{stamp}")
+    if target.exists() and any(target.iterdir()):
+        raise Failure(f"{target} already exists and is not empty", "choose another BACKUP_DIR")
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target, 0o700)  # the dumps hold all the data
+    step(f"backing up project {stack.project} into {target}")
+    counts = {"catalog_nodes": int(sql(postgres, "tiled_catalog", "select count(*) from nodes")),
+              "catalog_revision": sql(postgres, "tiled_catalog", "select version_num from alembic_version")}
+    for name, database in DATABASES.items():
+        step(f"pg_dump {database} → {name}")
+        exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", database], target / name, "postgres")
+    step(f"{ARRAYS} → arrays.tar")
+    exec_to_file(replica, ["tar", "-C", ARRAYS, "-cf", "-", "."], target / "arrays.tar", "tiled")
+    write_config(stack, target / "config")
+    files = sorted(p for p in target.rglob("*") if p.is_file())
+    manifest = {
+        "created": stamp, "project": stack.project, **counts,
+        "images": {c.labels.get("com.docker.compose.service"): c.attrs["Config"]["Image"]
+                   for c in project_containers(stack.project, all=False)},
+        "postgres": sql(postgres, "postgres", "show server_version"),
+        "files": {str(p.relative_to(target)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
+    }
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    size = sum(p.stat().st_size for p in files) / 2**20
+    ok(f"backup of {counts['catalog_nodes']} catalog nodes written: {target} ({size:.1f} MiB)")
+    print(f"  restore into an empty stack with: make restore BACKUP={target}")
+
+
+if __name__ == "__main__":
+    run_main(main)
