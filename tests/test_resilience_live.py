@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from conftest import make
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
@@ -89,3 +90,131 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
     assert len(after_back) > 20
     now = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, "tiled", all=False)}
     assert now == replicas, "replicas were restarted; they should have recovered by themselves"
+
+
+class NodeWriter:
+    """Creates nodes with unique keys through HAProxy, one after another: key → outcome."""
+
+    def __init__(self, url: str, api_key: str, parent: str):
+        self.url, self.api_key, self.parent = url, api_key, parent
+        self.outcomes: dict[str, object] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def post(self, client, key):
+        body = {"id": key, "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"k": key}}
+        try:
+            return client.post(f"/api/v1/metadata/{self.parent}", json=body).status_code
+        except httpx.HTTPError as err:
+            return type(err).__name__
+
+    def run(self):
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+            i = 0
+            while not self.stopping.is_set():
+                key = f"w{i:05d}"
+                self.outcomes[key] = self.post(c, key)
+                i += 1
+                time.sleep(0.05)
+
+    def retry_failed(self) -> dict[str, object]:
+        """Retry each failed create once: a 409 means the first attempt had landed."""
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+            return {key: self.post(c, key) for key, outcome in self.outcomes.items() if outcome != 200}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join()
+
+
+def keys_in_catalog(tiled, parent: str) -> list[str]:
+    return [key for key, _ in tiled[parent].items()]
+
+
+def bluesky_scans(url: str, api_key: str, stopping: threading.Event, results: list):
+    """Scans through TiledWriter, one after another, until told to stop: (uid or None, error)."""
+    from bluesky import RunEngine
+    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky.plans import scan
+    from ophyd.sim import SynAxis, SynGauss
+    from tiled.client import from_uri
+
+    motor = SynAxis(name="motor")
+    det = SynGauss("det", motor, "motor", center=0, Imax=1, sigma=1)
+    while not stopping.is_set():
+        engine = RunEngine({}, call_returns_result=False, context_managers=[])
+        engine.subscribe(TiledWriter(from_uri(url, api_key=api_key), batch_size=1))
+        try:
+            (uid,) = engine(scan([det], motor, -1, 1, 10))
+            results.append((uid, None))
+        except Exception as err:  # the writer saw a failure: this run is not reported as written
+            results.append((None, repr(err)[:200]))
+
+
+def test_killing_a_replica_mid_load_fails_no_read_and_loses_no_reported_write(stack, tiled, api_key):
+    parent = f"kill_{time.monotonic_ns()}"
+    tiled.create_container(parent)
+    victim = project_containers(stack.project, "tiled", all=False)[0]
+    scans, stopping = [], threading.Event()
+    scanner = threading.Thread(target=bluesky_scans, args=(stack.local_url, api_key, stopping, scans), daemon=True)
+    try:
+        with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+                NodeWriter(stack.local_url, api_key, parent) as writer:
+            scanner.start()
+            time.sleep(4)
+            victim.kill()  # SIGKILL: no drain, no graceful shutdown
+            time.sleep(8)
+            stopping.set()
+            scanner.join(timeout=60)
+    finally:
+        victim.start()
+    reads = [o for *_, o in load.results]
+    failed_writes = {k: o for k, o in writer.outcomes.items() if o != 200}
+    retried = writer.retry_failed()
+    keys = keys_in_catalog(tiled, parent)
+    complete, incomplete = [], []
+    for uid, _ in scans:
+        if uid:
+            run = tiled[uid]
+            stop = run.metadata.get("stop") or {}
+            seq = list(run["primary"].base["internal"].read()["seq_num"]) if "primary" in run else []
+            # Rows come back in storage order, not append order (no ORDER BY upstream): compare sorted.
+            complete.append(stop.get("exit_status") == "success" and sorted(seq) == list(range(1, 11)))
+            if not complete[-1]:
+                incomplete.append((uid, stop.get("exit_status"), seq))
+    print(f"\nSIGKILL of {victim.name}: {len(reads)} reads, statuses {sorted(set(map(str, reads)))}; "
+          f"{len(writer.outcomes)} creates, {len(failed_writes)} failed {sorted(set(map(str, failed_writes.values())))} "
+          f"→ retried: {sorted(set(map(str, retried.values())))}; {len(scans)} Bluesky scans, "
+          f"{sum(1 for u, _ in scans if u)} reported written, all complete: {all(complete)}; "
+          f"errors {[e for _, e in scans if e]}; incomplete {incomplete}")
+    assert reads and set(reads) == {200}, "an idempotent read failed"
+    assert sorted(keys) == sorted(set(keys)) == sorted(writer.outcomes), "a create was lost or duplicated"
+    assert all(o in (200, 409) for o in retried.values()), retried
+    assert complete and all(complete), "a run reported as written is incomplete"
+
+
+def test_rollout_mid_load_fails_no_request(stack, tiled, api_key):
+    parent = f"rollout_{time.monotonic_ns()}"
+    tiled.create_container(parent)
+    before = {c.id for c in project_containers(stack.project, "tiled", all=False)}
+    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+            NodeWriter(stack.local_url, api_key, parent) as writer:
+        time.sleep(2)
+        t0 = time.monotonic()
+        make("rollout", stack.env_path)
+        took = time.monotonic() - t0
+        time.sleep(2)
+    after = {c.id for c in project_containers(stack.project, "tiled", all=False)}
+    reads = [o for *_, o in load.results]
+    keys = keys_in_catalog(tiled, parent)
+    print(f"\nmake rollout of {len(before)} replicas took {took:.0f}s; during it {len(reads)} reads "
+          f"{sorted(set(map(str, reads)))} and {len(writer.outcomes)} creates "
+          f"{sorted(set(map(str, writer.outcomes.values())))}")
+    assert len(after) == len(before) and not (after & before), "every replica must be replaced"
+    assert set(reads) == {200}
+    assert set(writer.outcomes.values()) == {200}
+    assert sorted(keys) == sorted(writer.outcomes)

@@ -1,0 +1,73 @@
+"""`make rollout`: replace every Tiled replica, one at a time, with no failed request.
+
+For a new image (after `make images`, e.g. a Tiled upgrade) or a changed
+configuration (.env, tiled/config.yml). First the catalog migration job runs
+(it does nothing when the schema is current). Then, for each old replica: one
+new replica is started with the current image and configuration and waited for
+until HAProxy sends it traffic; the old one is drained in HAProxy (no new
+requests; open ones finish), stopped with SIGINT (uvicorn completes anything in
+flight) and removed. Capacity never drops below the replica count.
+
+A schema change that the running version cannot read needs downtime instead:
+`make backup`, then `make up` (README, Operations).
+"""
+
+import time
+
+from scripts import build_images, haproxy_stats, scale, wait
+from scripts.compose import Stack
+from scripts.docker_api import project_containers
+from scripts.say import Failure, ok, run_main, step
+
+STOP_TIMEOUT_S = 30
+
+
+def replicas(stack: Stack) -> list:
+    return sorted(project_containers(stack.project, "tiled", all=False),
+                  key=lambda c: int(c.labels.get("com.docker.compose.container-number", 0)))
+
+
+def gone_from_rotation(stack: Stack, addresses: set[str], timeout: float = 15) -> None:
+    """Wait until HAProxy has marked the removed replica's slots down (or freed them),
+    so that making those slots ready again cannot send a request to a stopped process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(s["addr"] in addresses and s["status"].startswith(("UP", "DRAIN", "NOLB"))
+                   for backend in ("tiled_http", "tiled_stream")
+                   for s in haproxy_stats.servers(stack.stats_url, backend)):
+            return
+        time.sleep(0.2)
+
+
+def main() -> None:
+    stack = Stack()
+    old = replicas(stack)
+    if not old:
+        raise Failure(f"project {stack.project} has no running Tiled replica", "start it with `make up`")
+    n = len(old)
+    if n + 1 > stack.max_replicas:
+        raise Failure(f"a rollout needs one spare slot: {n} replicas and TILED_MAX_REPLICAS={stack.max_replicas}",
+                      "`make scale N=…` one lower first, or raise TILED_MAX_REPLICAS (then `make down && make up`)")
+    started = time.monotonic()
+    build_images.main()
+    step("running the catalog migration job (tiled-init) before any new replica starts")
+    stack.run("run", "--rm", "--no-deps", "tiled-init")
+    for index, container in enumerate(old, 1):
+        step(f"[{index}/{n}] starting a new replica next to {container.name}")
+        stack.run("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"tiled={n + 1}", "tiled")
+        wait.until_healthy(stack, n + 1)
+        step(f"[{index}/{n}] draining {container.name} in HAProxy, then stopping it")
+        address = {net["IPAddress"] for net in container.attrs["NetworkSettings"]["Networks"].values()}
+        slots = scale.drain(stack, [container])
+        container.stop(timeout=STOP_TIMEOUT_S)
+        container.remove()
+        gone_from_rotation(stack, address)
+        for slot in slots:  # a freed slot keeps its admin state: make it ready for whoever comes next
+            haproxy_stats.admin(stack.project, f"set server {slot} state ready")
+        wait.until_healthy(stack, n)
+    names = ", ".join(c.name for c in replicas(stack))
+    ok(f"rolled out {n} replicas in {time.monotonic() - started:.0f}s: {names}")
+
+
+if __name__ == "__main__":
+    run_main(main)
