@@ -71,9 +71,12 @@ def validate(values: dict[str, str], path: Path) -> None:
             raise Failure(f"{key} in {path} has characters that break a database URL",
                           "use only letters, digits and _.~- (or delete the line and rerun `make up` to generate one)")
     for key in ("TILED_REPLICAS", "TILED_MAX_REPLICAS", "TILED_PORT", "HAPROXY_STATS_PORT",
-                "HAPROXY_MAXCONN_PER_REPLICA"):
+                "HAPROXY_MAXCONN_PER_REPLICA", "HAPROXY_MAX_BODY_BYTES"):
         if key in values and not values[key].isdigit():
             raise Failure(f"{key}={values[key]!r} in {path} is not a whole number", f"fix it in {path}")
+    if int(values.get("HAPROXY_MAX_BODY_BYTES", "1")) > 999_999_999:
+        raise Failure(f"HAPROXY_MAX_BODY_BYTES in {path} is above 999999999 (HAProxy 2.6's 32-bit comparison)",
+                      f"set it to 999999999 or less in {path}")
     for key in ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE"):
         if values.get(key, "on") not in ("on", "off"):
             raise Failure(f"{key}={values[key]!r} in {path} must be on or off", f"fix it in {path}")

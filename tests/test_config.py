@@ -122,7 +122,8 @@ def test_secrets_are_in_no_command_or_healthcheck(env_path):
 
 def test_haproxy_config_is_valid_for_this_haproxy(images):
     done = subprocess.run(
-        ["docker", "run", "--rm", "-e", "TILED_MAX_REPLICAS=8", "-e", "HAPROXY_MAXCONN_PER_REPLICA=8",
+        ["docker", "run", "--rm", "-e", "TILED_MAX_REPLICAS=8", "-e", "HAPROXY_MAXCONN_PER_REPLICA=4",
+         "-e", "HAPROXY_MAX_BODY_BYTES=999999999",
          "tiled-stack/haproxy:2.6", "haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg"],
         capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -218,3 +218,35 @@ def test_rollout_mid_load_fails_no_request(stack, tiled, api_key):
     assert set(reads) == {200}
     assert set(writer.outcomes.values()) == {200}
     assert sorted(keys) == sorted(writer.outcomes)
+
+
+def test_overload_queues_or_sheds_and_recovers(stack, tiled, api_key):
+    """4× more concurrent clients than HAProxy lets through (maxconn per replica × replicas):
+    requests queue in HAProxy or get 503/429, never a 500 from an exhausted pool."""
+    import asyncio
+
+    from benchmarks import load
+
+    (haproxy,) = project_containers(stack.project, "haproxy", all=False)
+    per_replica = int(dict(e.split("=", 1) for e in haproxy.attrs["Config"]["Env"])["HAPROXY_MAXCONN_PER_REPLICA"])
+    replicas = haproxy_stats.up_count(stack.stats_url)
+    clients = 4 * per_replica * replicas
+    if "overload" not in tiled:
+        tiled.create_container("overload", metadata={"probe": True})
+    headers = {"Authorization": f"Apikey {api_key}"}
+
+    async def request(session, rng):
+        path = "/api/v1/metadata/overload" if rng.random() < 0.7 else "/api/v1/search/?page[limit]=10"
+        async with session.get(stack.local_url + path, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    sample = asyncio.run(load.closed_loop(request, clients, 10.0, warmup=1.0))
+    with httpx.Client(base_url=stack.local_url, headers=headers, timeout=10) as client:
+        after = [client.get("/api/v1/metadata/overload").status_code for _ in range(20)]
+    print(f"\n{clients} clients against {replicas} replicas × maxconn {per_replica}: {sample.requests} requests in "
+          f"10 s, statuses {dict(sample.statuses)}, failures {dict(sample.failures)}, p50 {sample.percentile(50):.0f} ms, "
+          f"p99 {sample.percentile(99):.0f} ms; afterwards {sorted(set(after))}")
+    assert sample.requests > 0 and set(sample.statuses) <= {200, 429, 503}, sample.statuses
+    assert not sample.failures
+    assert set(after) == {200}

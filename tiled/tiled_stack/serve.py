@@ -12,7 +12,7 @@ import sys
 
 from tiled.config import parse_configs
 
-from tiled_stack import dependant_cache, node_alias_cache, readiness
+from tiled_stack import dependant_cache, input_guards, node_alias_cache, readiness
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
@@ -52,6 +52,7 @@ def main() -> None:
     print(f"tiled-stack: {dependant_cache.install()}", flush=True)
     print(f"tiled-stack: {node_alias_cache.install()}", flush=True)
     print(f"tiled-stack: {readiness.install()}", flush=True)
+    print(f"tiled-stack: {input_guards.install()}", flush=True)
     # Tiled's own command line, in this process, so that the fix above applies.
     from tiled.commandline.main import main as tiled_cli
 

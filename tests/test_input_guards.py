@@ -1,0 +1,67 @@
+"""Fast tier: registration outside readable storage and assets in POST /metadata get a 400.
+
+In-process against Tiled with an SQLite catalog; the same requests through
+HAProxy are in tests/test_bad_input_live.py.
+"""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PROBE = r"""
+import json, os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+d = tempfile.mkdtemp()
+os.makedirs(f"{d}/detectors")
+os.environ["TILED_CATALOG_READABLE_STORAGE"] = json.dumps([f"{d}/detectors"])
+from tiled_stack import input_guards
+status = input_guards.install()
+import tiled.server.app as tiled_app
+from starlette.testclient import TestClient
+config = {"authentication": {"single_user_api_key": "k"},
+          "trees": [{"path": "/", "tree": "catalog",
+                     "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
+                              "writable_storage": [f"file://{d}/data"], "readable_storage": [f"{d}/detectors"]}}]}
+app = tiled_app.build_app_from_config(config)
+def node(key, uri):
+    return {"id": key, "structure_family": "array", "specs": [], "metadata": {}, "data_sources": [{
+        "structure_family": "array", "mimetype": "image/tiff", "parameters": {}, "management": "external",
+        "structure": {"data_type": {"endianness": "little", "kind": "u", "itemsize": 2, "dt_units": None},
+                      "chunks": [[4], [4]], "shape": [4, 4], "dims": None, "resizable": False},
+        "assets": [{"data_uri": uri, "is_directory": False, "parameter": "data_uris", "num": 0}]}]}
+key = {"Authorization": "Apikey k"}
+out = {"status": status}
+with TestClient(app, raise_server_exceptions=False) as c:
+    for name, uri in [("etc", "file://localhost/etc/passwd"),
+                      ("traversal", f"file://localhost{d}/detectors/../../../etc/passwd"),
+                      ("inside", f"file://localhost{d}/detectors/a.tiff")]:
+        r = c.post("/api/v1/register/", headers=key, json=node(name, uri))
+        out[name] = [r.status_code, r.json().get("detail", "")[:200] if r.status_code != 200 else ""]
+    r = c.post("/api/v1/metadata/", headers=key, json=node("meta", f"file://localhost{d}/detectors/a.tiff"))
+    out["metadata_assets"] = [r.status_code, r.json()["detail"][:40]]
+    r = c.post("/api/v1/metadata/", headers=key, json={"id": "plain", "structure_family": "container", "specs": [],
+                                                      "data_sources": [], "metadata": {"a": 1}})
+    out["plain"] = r.status_code
+    out["names"] = [c.post("/api/v1/metadata/", headers=key, json={"id": bad, "structure_family": "container",
+                                                                   "specs": [], "data_sources": [], "metadata": {}}
+                           ).status_code for bad in ["../x", "a/b", "..", "."]]
+    out["keys"] = sorted(c.get("/api/v1/search/", headers=key).json()["data"][i]["id"] for i in range(2))
+print(json.dumps(out))
+"""
+
+
+def test_bad_registrations_are_refused_and_good_input_passes():
+    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tiled")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"].startswith("input guards on")
+    for name in ("etc", "traversal"):
+        assert out[name][0] == 400 and "outside this server's readable storage" in out[name][1], out[name]
+    assert out["inside"] == [200, ""]
+    assert out["metadata_assets"] == [400, "Externally-managed assets cannot be regi"]
+    assert out["plain"] == 200
+    assert out["names"] == [400, 400, 400, 400]
+    assert out["keys"] == ["inside", "plain"], "a refused request must change nothing"

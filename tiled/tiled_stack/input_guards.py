@@ -1,0 +1,115 @@
+"""Refuse three kinds of bad input that tiled 0.2.20 answers with a 500 or accepts.
+
+1. `POST /api/v1/register/…` accepts assets at any path (`file:///etc/passwd`,
+   `…/detectors/../../etc/passwd`); reading such a node later fails with a 500.
+   Here an asset whose resolved path is outside this replica's readable storage
+   (TILED_CATALOG_READABLE_STORAGE, plus the shared array volume) gets a 400
+   naming the path and the allowed roots, and nothing is registered.
+2. `POST /api/v1/metadata/…` with externally-managed assets is meant to be a 400
+   ("use POST /register"), but `router.py` builds its HTTPException with the
+   message as the status code, so the client gets a 500. The same message is
+   returned here as a 400.
+3. Node names with a '/' or made only of dots ("../x", "..") are accepted by
+   Tiled as keys; here they get a 400 (a path segment must be one name).
+
+An ASGI middleware: it reads the JSON body of those two POSTs only, and
+replays it unchanged to Tiled when it passes. Delete each part when upstream
+validates registration paths / fixes the HTTPException.
+"""
+
+import json
+import os
+import posixpath
+from urllib.parse import unquote, urlparse
+
+SHARED_ARRAYS = "/data/arrays"
+
+
+def allowed_roots() -> list[str]:
+    readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
+    roots = [urlparse(r).path if "://" in r else r for r in readable] + [SHARED_ARRAYS]
+    return [posixpath.normpath(r) for r in roots]
+
+
+def outside(uri: str, roots: list[str]) -> bool:
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        return False  # object stores, databases: not paths on this host
+    path = posixpath.normpath(unquote(parsed.path))
+    return not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def problem(path: str, body: bytes, roots: list[str]) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None  # Tiled answers malformed JSON with its own 422
+    if not isinstance(document, dict):
+        return None
+    key = document.get("id")
+    if isinstance(key, str) and ("/" in key or "\\" in key or key.strip(".") == ""):
+        return f"node name {key!r} is not allowed: no '/', '\\', or names made only of dots"
+    sources = document.get("data_sources") or []
+    assets = [a for s in sources if isinstance(s, dict) for a in (s.get("assets") or []) if isinstance(a, dict)]
+    if path.startswith("/api/v1/metadata"):
+        if assets:
+            return ("Externally-managed assets cannot be registered using POST /metadata/{path}. "
+                    "Use POST /register/{path} instead.")
+        return None
+    for asset in assets:
+        uri = str(asset.get("data_uri", ""))
+        if outside(uri, roots):
+            return f"asset {uri} is outside this server's readable storage {roots}: nothing was registered"
+    return None
+
+
+class InputGuards:
+    def __init__(self, app):
+        self.app = app
+        self.roots = allowed_roots()
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if not (scope["type"] == "http" and scope["method"] == "POST"
+                and path.startswith(("/api/v1/register", "/api/v1/metadata"))):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        found = problem(path, body, self.roots)
+        if found:
+            payload = json.dumps({"detail": found}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def install() -> str:
+    import tiled.server.app as tiled_app
+
+    original = tiled_app.build_app_from_config
+
+    def build_app_from_config(*args, **kwargs):
+        app = original(*args, **kwargs)
+        app.add_middleware(InputGuards)
+        return app
+
+    tiled_app.build_app_from_config = build_app_from_config
+    return f"input guards on (registration limited to {allowed_roots()})"
