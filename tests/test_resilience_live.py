@@ -292,3 +292,22 @@ def test_redis_restart_mid_stream(stack, tiled):
     assert set(outcomes.values()) == {"ok"}
     assert stored == list(range(-1, 10))
     assert collector.values == list(range(10))
+
+
+def test_scale_up_and_down_mid_load_fails_no_read_or_write(stack, tiled, api_key):
+    parent = f"scale_{time.monotonic_ns()}"
+    tiled.create_container(parent)
+    n = haproxy_stats.up_count(stack.stats_url)
+    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+            NodeWriter(stack.local_url, api_key, parent) as writer:
+        time.sleep(1)
+        make("scale", stack.env_path, N=str(n + 1))
+        make("scale", stack.env_path, N=str(n - 1))
+        make("scale", stack.env_path, N=str(n))
+        time.sleep(2)
+    reads = [o for *_, o in load.results]
+    keys = keys_in_catalog(tiled, parent)
+    print(f"\nscale {n}→{n + 1}→{n - 1}→{n}: {len(reads)} reads {sorted(set(map(str, reads)))}, "
+          f"{len(writer.outcomes)} creates {sorted(set(map(str, writer.outcomes.values())))}")
+    assert set(reads) == {200} and set(writer.outcomes.values()) == {200}
+    assert sorted(keys) == sorted(writer.outcomes)
