@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import random
 import statistics
+import threading
 import time
 
 import aiohttp
@@ -104,3 +105,26 @@ def summarise(samples: list[Sample]) -> dict:
         "client_cpu_per_request_ms": 1000 * sum(s.client_cpu_s for s in samples)
                                      / max(1, sum(s.requests for s in samples)),
     }
+
+
+class Background:
+    """Runs `self.run()` in threads from `with` until the block ends; `self.stopping` is set then."""
+
+    threads_wanted = 1
+
+    def __init__(self):
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(self.threads_wanted)]
+
+    def run(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()

@@ -1,8 +1,9 @@
 """What the replicas use: resident memory (Docker's stats) and PostgreSQL connections."""
 
 import statistics
-import threading
 from pathlib import Path
+
+from benchmarks.load import Background
 
 from scripts.docker_api import client, project_containers
 
@@ -66,29 +67,20 @@ def pg_connections(project: str) -> dict[str, dict[str, int]]:
     return out
 
 
-class Sampler:
+class Sampler(Background):
     """Samples memory and PostgreSQL connections in a thread while a load runs."""
 
     def __init__(self, project: str):
         self.project = project
         self.memory: list[dict[str, float]] = []
         self.connections: list[dict[str, dict[str, int]]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def run(self):
         while not self.stopping.is_set():
             self.memory.append(replica_memory_mib(self.project))
             self.connections.append(pg_connections(self.project))
             self.stopping.wait(0.5)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.thread.join()
 
     def summary(self) -> dict:
         peak_mem = {}

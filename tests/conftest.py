@@ -135,6 +135,18 @@ def tiled(stack, api_key):
     return from_uri(stack.local_url, api_key=api_key)
 
 
+def probe_tiled_stack(code: str, env: dict | None = None) -> dict:
+    """Run `code` in a fresh interpreter with tiled/ (the image's tiled_stack) importable;
+    return the JSON object it prints last. The fixes patch FastAPI/Tiled process-wide."""
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "tiled")], capture_output=True, text=True,
+                          env=None if env is None else {"PATH": "/usr/bin:/bin", **env}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def container_addresses(stack, service):
     """Address on the stack's network → container, for reaching behind HAProxy."""
     from scripts.docker_api import project_containers

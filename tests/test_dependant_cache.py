@@ -5,13 +5,12 @@ It counts the calls that reach FastAPI's `get_dependant` while Tiled answers
 the same requests: hundreds per request unfixed, none once the graph is cached.
 """
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, probe_tiled_stack
 
 PROBE = r"""
 import collections, json, os, sys, tempfile
@@ -51,10 +50,7 @@ print(json.dumps(out))
 
 
 def probe(mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tiled")], capture_output=True, text=True,
-                          env={"FASTAPI_DEPENDANT_CACHE": mode, "PATH": "/usr/bin:/bin"}, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return probe_tiled_stack(PROBE, {"FASTAPI_DEPENDANT_CACHE": mode})
 
 
 @pytest.fixture(scope="module")

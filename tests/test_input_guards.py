@@ -4,11 +4,7 @@ In-process against Tiled with an SQLite catalog; the same requests through
 HAProxy are in tests/test_bad_input_live.py.
 """
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import probe_tiled_stack
 
 PROBE = r"""
 import json, os, sys, tempfile
@@ -53,10 +49,7 @@ print(json.dumps(out))
 
 
 def test_bad_registrations_are_refused_and_good_input_passes():
-    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tiled")], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = probe_tiled_stack(PROBE)
     assert out["status"].startswith("input guards on")
     for name in ("etc", "traversal"):
         assert out[name][0] == 400 and "outside this server's readable storage" in out[name][1], out[name]

@@ -5,11 +5,7 @@ For paths of several depths, the statement from the fix and from Tiled's own
 identical parameters; and a repeated lookup reuses its aliases.
 """
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import probe_tiled_stack
 
 PROBE = r"""
 import json, sys
@@ -33,10 +29,7 @@ print(json.dumps(out))
 
 
 def probe(mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tiled")], capture_output=True, text=True,
-                          env={"NODE_ALIAS_CACHE": mode, "PATH": "/usr/bin:/bin"}, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return probe_tiled_stack(PROBE, {"NODE_ALIAS_CACHE": mode})
 
 
 def test_fixed_lookup_compiles_to_the_same_sql_and_reuses_aliases():

@@ -4,11 +4,7 @@ The failure path (PostgreSQL gone → 503 → out of HAProxy's rotation) is in
 tests/test_resilience_live.py, against the real stack.
 """
 
-import json
-import subprocess
-import sys
-
-from conftest import ROOT
+from conftest import probe_tiled_stack
 
 PROBE = r"""
 import json, sys, tempfile
@@ -33,9 +29,6 @@ print(json.dumps({"status": status, "ready": [ready.status_code, ready.json()], 
 
 
 def test_readyz_answers_from_the_catalog_and_pool_pre_pings():
-    done = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "tiled")], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = probe_tiled_stack(PROBE)
     assert out["ready"] == [200, {"ready": True}] and out["head"] == 200 and out["health"] == 200
     assert out["pre_ping"] is True

@@ -13,6 +13,8 @@ import time
 import httpx
 import pytest
 
+from benchmarks.load import Background
+
 from conftest import make
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
@@ -20,35 +22,26 @@ from scripts.docker_api import project_containers
 pytestmark = pytest.mark.live
 
 
-class Readers:
+class Readers(Background):
     """Clients reading metadata through HAProxy in a loop: (start, end, status or exception name)."""
 
-    def __init__(self, url: str, api_key: str, path: str, clients: int = 3):
-        self.results: list[tuple[float, float, object]] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.run, args=(url, api_key, path), daemon=True)
-                        for _ in range(clients)]
+    threads_wanted = 3
 
-    def run(self, url, api_key, path):
-        with httpx.Client(base_url=url, headers={"Authorization": f"Apikey {api_key}"}, timeout=10) as client:
+    def __init__(self, url: str, api_key: str, path: str):
+        self.url, self.api_key, self.path = url, api_key, path
+        self.results: list[tuple[float, float, object]] = []
+        super().__init__()
+
+    def run(self):
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=10) as c:
             while not self.stopping.is_set():
                 t = time.monotonic()
                 try:
-                    outcome = client.get(path).status_code
+                    outcome = c.get(self.path).status_code
                 except httpx.HTTPError as err:
                     outcome = type(err).__name__
                 self.results.append((t, time.monotonic(), outcome))
                 time.sleep(0.02)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for t in self.threads:
-            t.join()
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -92,14 +85,13 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
     assert now == replicas, "replicas were restarted; they should have recovered by themselves"
 
 
-class NodeWriter:
+class NodeWriter(Background):
     """Creates nodes with unique keys through HAProxy, one after another: key → outcome."""
 
     def __init__(self, url: str, api_key: str, parent: str):
         self.url, self.api_key, self.parent = url, api_key, parent
         self.outcomes: dict[str, object] = {}
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def post(self, client, key):
         body = {"id": key, "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"k": key}}
@@ -122,13 +114,6 @@ class NodeWriter:
         with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
             return {key: self.post(c, key) for key, outcome in self.outcomes.items() if outcome != 200}
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        self.thread.join()
 
 
 def keys_in_catalog(tiled, parent: str) -> list[str]:

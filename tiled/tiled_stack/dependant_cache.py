@@ -22,7 +22,6 @@ entry. What it assumes is what Tiled does: a fixed, small set of callables.
 Switch: FASTAPI_DEPENDANT_CACHE=off (in .env) serves with FastAPI unchanged.
 """
 
-import os
 import sys
 import types
 
@@ -30,16 +29,13 @@ import fastapi
 import fastapi.dependencies.utils as fastapi_utils
 import fastapi.routing
 
+from tiled_stack import switches
+
 SWITCH = "FASTAPI_DEPENDANT_CACHE"
 
 
 def enabled() -> bool:
-    value = os.environ.get(SWITCH, "on").strip().lower()
-    if value in ("on", "1", "true", "yes", ""):
-        return True
-    if value in ("off", "0", "false", "no"):
-        return False
-    raise SystemExit(f"tiled-stack: {SWITCH}={value!r}: use on or off")
+    return switches.on(SWITCH)
 
 
 def memoised(get_dependant):

@@ -16,18 +16,14 @@ Switch: NODE_ALIAS_CACHE=off (in .env) serves with Tiled's own function.
 """
 
 import functools
-import os
+
+from tiled_stack import switches
 
 SWITCH = "NODE_ALIAS_CACHE"
 
 
 def enabled() -> bool:
-    value = os.environ.get(SWITCH, "on").strip().lower()
-    if value in ("on", "1", "true", "yes", ""):
-        return True
-    if value in ("off", "0", "false", "no"):
-        return False
-    raise SystemExit(f"tiled-stack: {SWITCH}={value!r}: use on or off")
+    return switches.on(SWITCH)
 
 
 def install() -> str:
