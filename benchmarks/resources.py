@@ -6,6 +6,8 @@ from pathlib import Path
 from benchmarks.load import Background
 
 from scripts.docker_api import client, project_containers
+from scripts.postgres import sql
+from scripts.say import Failure
 
 CGROUP_CPU = [  # cgroup v1 (cgroupfs), v2 (systemd), v2 (cgroupfs): nanoseconds or microseconds
     ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage", 1e-9),
@@ -56,14 +58,16 @@ def replica_memory_mib(project: str) -> dict[str, float]:
 def pg_connections(project: str) -> dict[str, dict[str, int]]:
     """Client address → {database: connections} for the two Tiled databases."""
     (postgres,) = project_containers(project, "postgres", all=False)
-    sql = ("select coalesce(host(client_addr), 'local'), datname, count(*) from pg_stat_activity "
-           "where datname in ('tiled_catalog', 'tiled_storage') group by 1, 2")
-    code, output = postgres.exec_run(["psql", "-U", "postgres", "-Atc", sql], user="postgres")
+    query = ("select coalesce(host(client_addr), 'local'), datname, count(*) from pg_stat_activity "
+             "where datname in ('tiled_catalog', 'tiled_storage') group by 1, 2")
     out: dict[str, dict[str, int]] = {}
-    if code == 0:
-        for line in output.decode().split():
-            address, database, count = line.split("|")
-            out.setdefault(address, {})[database] = int(count)
+    try:
+        rows = sql(postgres, "postgres", query).split()
+    except Failure:
+        return out  # a sample missed; the sampler tries again
+    for line in rows:
+        address, database, count = line.split("|")
+        out.setdefault(address, {})[database] = int(count)
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from scripts import env_file
 from scripts.compose import ROOT, Stack
 from scripts.docker_api import project_containers
+from scripts.postgres import sql
 from scripts.say import Failure, ok, run_main, step
 
 DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage"}
@@ -54,13 +55,6 @@ def exec_to_file(container, command: list[str], target: Path, user: str) -> None
         raise Failure(f"`{' '.join(command)}` failed in {container.name} (exit {code}): "
                       f"{b''.join(errors).decode(errors='replace').strip()[-500:]}",
                       "check `make status`; nothing was changed in the stack")
-
-
-def sql(postgres, database: str, query: str) -> str:
-    code, output = postgres.exec_run(["psql", "-U", "postgres", "-d", database, "-Atc", query], user="postgres")
-    if code:
-        raise Failure(f"psql on {database} failed: {output.decode(errors='replace').strip()}", "check `make status`")
-    return output.decode().strip()
 
 
 def sha256(path: Path) -> str:

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 from scripts import wait
-from scripts.backup import ARRAYS, DATABASES, running, sha256, sql
+from scripts.backup import ARRAYS, DATABASES, running, sha256
 from scripts.compose import Stack
 from scripts.docker_api import project_containers
+from scripts.postgres import sql
 from scripts.say import Failure, note, ok, run_main, step
 
 

@@ -212,8 +212,9 @@ def test_overload_queues_or_sheds_and_recovers(stack, tiled, api_key):
 
     from benchmarks import load
 
-    (haproxy,) = project_containers(stack.project, "haproxy", all=False)
-    per_replica = int(dict(e.split("=", 1) for e in haproxy.attrs["Config"]["Env"])["HAPROXY_MAXCONN_PER_REPLICA"])
+    from scripts.bench import haproxy_maxconn
+
+    per_replica = haproxy_maxconn(stack)
     replicas = haproxy_stats.up_count(stack.stats_url)
     clients = 4 * per_replica * replicas
     if "overload" not in tiled:

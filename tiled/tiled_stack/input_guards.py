@@ -22,6 +22,8 @@ import os
 import posixpath
 from urllib.parse import unquote, urlparse
 
+from tiled_stack import app_hooks
+
 SHARED_ARRAYS = "/data/arrays"
 
 
@@ -102,14 +104,5 @@ class InputGuards:
 
 
 def install() -> str:
-    import tiled.server.app as tiled_app
-
-    original = tiled_app.build_app_from_config
-
-    def build_app_from_config(*args, **kwargs):
-        app = original(*args, **kwargs)
-        app.add_middleware(InputGuards)
-        return app
-
-    tiled_app.build_app_from_config = build_app_from_config
+    app_hooks.after_build(lambda app: app.add_middleware(InputGuards))
     return f"input guards on (registration limited to {allowed_roots()})"

@@ -11,11 +11,12 @@ Tiled builds its catalog pool with `pool_pre_ping=False` (catalog/adapter.py,
 request with a 500. Pre-ping is turned on here: a dead connection is replaced
 before a request uses it.
 
-Installed by wrapping `tiled.server.app.build_app_from_config`, which
-`tiled serve config` imports when it runs.
+Attached to the app Tiled builds through app_hooks.
 """
 
 import asyncio
+
+from tiled_stack import app_hooks
 
 PATH = "/readyz"
 
@@ -37,17 +38,12 @@ def readiness_route(engine):
     return Route(PATH, readyz, methods=["GET", "HEAD"])
 
 
+def attach(app) -> None:
+    engine = app.state.root_tree.context.engine
+    engine.pool._pre_ping = True
+    app.router.routes.insert(0, readiness_route(engine))  # before Tiled's catch-all UI mount
+
+
 def install() -> str:
-    import tiled.server.app as tiled_app
-
-    original = tiled_app.build_app_from_config
-
-    def build_app_from_config(*args, **kwargs):
-        app = original(*args, **kwargs)
-        engine = app.state.root_tree.context.engine
-        engine.pool._pre_ping = True
-        app.router.routes.insert(0, readiness_route(engine))  # before Tiled's catch-all UI mount
-        return app
-
-    tiled_app.build_app_from_config = build_app_from_config
+    app_hooks.after_build(attach)
     return f"readiness at {PATH} (catalog database query), catalog pool pre-ping on"
