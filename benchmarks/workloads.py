@@ -110,17 +110,14 @@ def create_append_table(root, key: str) -> None:
 
 def bluesky_runs(url: str, api_key: str, writers: int, events: int) -> dict:
     """`writers` RunEngines in threads, each a count of `events` through TiledWriter (batch_size=1)."""
-    from bluesky import RunEngine
-    from bluesky.callbacks.tiled_writer import TiledWriter
     from bluesky.plans import count
-    from ophyd.sim import SynAxis, SynGauss
     from tiled.client import from_uri
 
+    from scripts.acquire import devices, writing_engine
+
     def one(index):
-        engine = RunEngine({}, call_returns_result=False, context_managers=[])
-        engine.subscribe(TiledWriter(from_uri(url, api_key=api_key), batch_size=1))
-        motor = SynAxis(name="motor")
-        det = SynGauss("det", motor, "motor", center=0.0, Imax=1.0, sigma=1.0)
+        engine = writing_engine(from_uri(url, api_key=api_key))
+        motor, det, _ = devices()
         (uid,) = engine(count([det, motor], num=events), purpose="bench")
         return uid
 

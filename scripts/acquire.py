@@ -42,12 +42,20 @@ def devices(seed: int = 0):
     return motor, det, camera
 
 
+def writing_engine(client, *, main_thread: bool = False) -> RunEngine:
+    """A RunEngine whose TiledWriter sends every document into `client` as it happens.
+
+    batch_size=1: each event reaches Tiled (and its subscribers) at once. Off the main
+    thread the RunEngine must not install its Ctrl-C handler (context_managers=[]).
+    """
+    engine = RunEngine({}, call_returns_result=False, **({} if main_thread else {"context_managers": []}))
+    engine.subscribe(TiledWriter(client, batch_size=1))
+    return engine
+
+
 def acquire(url: str, api_key: str, points: int = 11, frames: int = 3, documents: list | None = None):
     """Run the scan and the count; return their uids. `documents` collects every document emitted."""
-    client = from_uri(url, api_key=api_key)
-    engine = RunEngine({}, call_returns_result=False)
-    # batch_size=1: each event reaches Tiled (and its subscribers) as it happens.
-    engine.subscribe(TiledWriter(client, batch_size=1))
+    engine = writing_engine(from_uri(url, api_key=api_key), main_thread=True)
     if documents is not None:
         engine.subscribe(lambda name, doc: documents.append((name, doc)))
     motor, det, camera = devices()

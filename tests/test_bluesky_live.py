@@ -10,16 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import tifffile
-from bluesky import RunEngine
 from bluesky.plans import scan
-from bluesky_tiled_plugins import TiledWriter
-from ophyd.sim import SynAxis, SynGauss
 from tiled.client import from_uri
 from tiled.client.register import register
 
 from conftest import StreamCollector, container_addresses, rows_in_storage
 from scripts import haproxy_stats, wait
-from scripts.acquire import acquire
+from scripts.acquire import acquire, devices, writing_engine
 from scripts.docker_api import project_containers
 
 pytestmark = pytest.mark.live
@@ -73,10 +70,8 @@ def test_concurrent_run_engines_lose_and_duplicate_nothing(stack, api_key):
     plans = {0: 7, 1: 11, 2: 13, 3: 17}
 
     def one(index):
-        engine = RunEngine({}, call_returns_result=False, context_managers=[])
-        engine.subscribe(TiledWriter(from_uri(stack.local_url, api_key=api_key), batch_size=1))
-        motor = SynAxis(name="motor")
-        det = SynGauss("det", motor, "motor", center=0.0, Imax=1.0, sigma=1.0)
+        engine = writing_engine(from_uri(stack.local_url, api_key=api_key))
+        motor, det, _ = devices()
         (uid,) = engine(scan([det], motor, -index - 1, index + 1, plans[index]), writer=index)
         return uid
 

@@ -8,14 +8,12 @@ import httpx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from bluesky import RunEngine
 from bluesky.plans import scan
-from bluesky_tiled_plugins import TiledWriter
-from ophyd.sim import SynAxis, SynGauss
 from tiled.client import from_uri
 from tiled.client.register import register
 
 from conftest import StreamCollector
+from scripts.acquire import devices, writing_engine
 
 
 def client(deployment):
@@ -56,11 +54,9 @@ def test_appendable_table_round_trip(deployment):
 
 def test_bluesky_scan_through_tiledwriter_reads_back_equal(deployment):
     events = []
-    engine = RunEngine({}, call_returns_result=False, context_managers=[])
-    engine.subscribe(TiledWriter(client(deployment), batch_size=1))
+    engine = writing_engine(client(deployment))
     engine.subscribe(lambda name, doc: events.append(doc) if name == "event" else None)
-    motor = SynAxis(name="motor")
-    det = SynGauss("det", motor, "motor", center=0.0, Imax=10.0, sigma=1.0)
+    motor, det, _ = devices()
     (uid,) = engine(scan([det], motor, -2, 2, 9))
     run = client(deployment)[uid]
     assert run.metadata["stop"]["exit_status"] == "success"

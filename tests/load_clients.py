@@ -1,0 +1,123 @@
+"""The load the live resilience tests run during each fault, through HAProxy.
+
+Readers read one node's metadata in a loop; NodeWriter creates nodes with unique
+keys one after another; bluesky_scans runs scans through TiledWriter. Each records
+every outcome, so a test can count failed requests and check that every write it
+was told succeeded is in the catalog exactly once.
+"""
+
+import time
+
+import httpx
+from bluesky.plans import scan
+from tiled.client import from_uri
+
+from benchmarks.load import Background
+from scripts.acquire import devices, writing_engine
+
+
+class Readers(Background):
+    """Clients reading metadata through HAProxy in a loop: (start, end, status or exception name)."""
+
+    threads_wanted = 3
+
+    def __init__(self, url: str, api_key: str, path: str):
+        self.url, self.api_key, self.path = url, api_key, path
+        self.results: list[tuple[float, float, object]] = []
+        super().__init__()
+
+    def run(self):
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=10) as c:
+            while not self.stopping.is_set():
+                t = time.monotonic()
+                try:
+                    outcome = c.get(self.path).status_code
+                except httpx.HTTPError as err:
+                    outcome = type(err).__name__
+                self.results.append((t, time.monotonic(), outcome))
+                time.sleep(0.02)
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+class NodeWriter(Background):
+    """Creates nodes with unique keys through HAProxy, one after another: key → outcome."""
+
+    def __init__(self, url: str, api_key: str, parent: str):
+        self.url, self.api_key, self.parent = url, api_key, parent
+        self.outcomes: dict[str, object] = {}
+        self.finished: dict[str, float] = {}  # key → time.monotonic() when its answer came
+        super().__init__()
+
+    def post(self, client, key):
+        body = {"id": key, "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"k": key}}
+        try:
+            return client.post(f"/api/v1/metadata/{self.parent}", json=body).status_code
+        except httpx.HTTPError as err:
+            return type(err).__name__
+
+    def run(self):
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+            i = 0
+            while not self.stopping.is_set():
+                key = f"w{i:05d}"
+                self.outcomes[key] = self.post(c, key)
+                self.finished[key] = time.monotonic()
+                i += 1
+                time.sleep(0.05)
+
+    def retry_failed(self) -> dict[str, object]:
+        """Retry each failed create once: a 409 means the first attempt had landed."""
+        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+            return {key: self.post(c, key) for key, outcome in self.outcomes.items() if outcome != 200}
+
+
+def keys_in_catalog(tiled, parent: str) -> list[str]:
+    return [key for key, _ in tiled[parent].items()]
+
+
+class Scans(Background):
+    """Bluesky scans of 10 points through TiledWriter, one after another: (uid or None, error, start, end)."""
+
+    def __init__(self, url: str, api_key: str):
+        self.url, self.api_key = url, api_key
+        self.results: list[tuple[str | None, str | None, float, float]] = []
+        super().__init__()
+
+    def run(self):
+        motor, det, _ = devices()
+        while not self.stopping.is_set():
+            engine = writing_engine(from_uri(self.url, api_key=self.api_key))
+            t = time.monotonic()
+            try:
+                (uid,) = engine(scan([det], motor, -1, 1, 10))
+                self.results.append((uid, None, t, time.monotonic()))
+            except Exception as err:  # the writer saw a failure: this run is not reported as written
+                self.results.append((None, repr(err)[:200], t, time.monotonic()))
+
+    def written(self, until: float = float("inf")) -> list[str]:
+        """The uids of the scans the writer reported as written, finished before `until`."""
+        return [uid for uid, _, _, end in self.results if uid and end < until]
+
+    def errors(self) -> list[str]:
+        return [error for _, error, *_ in self.results if error]
+
+
+def incomplete_runs(tiled, uids) -> list[tuple]:
+    """Runs that are not complete in the catalog: no successful stop, or not events 1..10 exactly once."""
+    incomplete = []
+    for uid in uids:
+        run = tiled[uid]
+        stop = run.metadata.get("stop") or {}
+        seq = list(run["primary"].base["internal"].read()["seq_num"]) if "primary" in run else []
+        # Rows come back in storage order, not append order (no ORDER BY upstream): compare sorted.
+        if stop.get("exit_status") != "success" or sorted(seq) != list(range(1, 11)):
+            incomplete.append((uid, stop.get("exit_status"), seq))
+    return incomplete
