@@ -2,8 +2,9 @@
 replica stays up.
 
 Covered: missing and wrong API key, malformed JSON, a wrong content type, a
-truncated upload, an oversized body, path traversal in node names and in
-detector-file registration, and a websocket with a bad key.
+truncated upload (the client leaves, or stalls), an oversized body, path traversal
+in node names and in detector-file registration, and a websocket with a bad key,
+all while good clients keep reading and writing.
 """
 
 import socket
@@ -16,6 +17,7 @@ import pytest
 import websockets.exceptions
 from websockets.sync.client import connect
 
+from load_clients import NodeWriter, Readers, keys_in_catalog
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
@@ -40,7 +42,6 @@ def test_bad_input_gets_4xx_and_changes_nothing(stack, tiled, api_key, values):
     key_path = node.item["id"]
     detectors = values["TILED_READABLE_STORAGE"]
     replicas = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, "tiled", all=False)}
-    before = sorted(tiled)
     good = {"Authorization": f"Apikey {api_key}"}
     container = {"structure_family": "container", "specs": [], "data_sources": [], "metadata": {}}
 
@@ -55,49 +56,64 @@ def test_bad_input_gets_4xx_and_changes_nothing(stack, tiled, api_key, values):
                                   "assets": [{"data_uri": uri, "is_directory": False, "parameter": "data_uris",
                                               "num": 0}]}]}
 
-    answers = {}
-    with httpx.Client(base_url=stack.local_url, timeout=30) as c:
-        answers["no key"] = c.get("/api/v1/metadata/")
-        answers["wrong key (read)"] = c.get("/api/v1/metadata/", headers={"Authorization": "Apikey nope"})
-        answers["wrong key (write)"] = c.post("/api/v1/metadata/", headers={"Authorization": "Apikey nope"},
-                                              json={**container, "id": "never"})
-        answers["malformed JSON"] = c.post("/api/v1/metadata/", headers={**good, "Content-Type": "application/json"},
-                                           content=b'{"structure_family": "container", ')
-        answers["wrong content type"] = c.post("/api/v1/metadata/", headers={**good, "Content-Type": "text/plain"},
-                                               content=b"structure_family=container")
-        answers["node name ../x"] = c.post("/api/v1/metadata/", headers=good, json={**container, "id": "../x"})
-        answers["node name a/../../b"] = c.post("/api/v1/metadata/", headers=good,
-                                                json={**container, "id": "a/../../b"})
-        answers["path ../.. in URL"] = c.get("/api/v1/metadata/%2e%2e/%2e%2e/etc/passwd", headers=good)
-        answers["register /etc/passwd"] = c.post("/api/v1/register/", headers=good,
-                                                 json=registration("file://localhost/etc/passwd"))
-        answers["register detectors/../../etc"] = c.post(
-            "/api/v1/register/", headers=good, json=registration(f"file://localhost{detectors}/../../etc/passwd"))
-        answers["external assets via POST /metadata"] = c.post(
-            "/api/v1/metadata/", headers=good, json=registration(f"file://localhost{detectors}/x.tiff"))
-    host = urlparse(stack.local_url).netloc
-    oversized = raw_http(stack.local_url, f"PUT /api/v1/array/full/{key_path} HTTP/1.1\r\nHost: {host}\r\n"
-                         f"Authorization: Apikey {api_key}\r\nContent-Type: application/octet-stream\r\n"
-                         f"Content-Length: {5 * 2**30}\r\n", b"", shut=False)
-    truncated = raw_http(stack.local_url, f"PUT /api/v1/array/full/{key_path} HTTP/1.1\r\nHost: {host}\r\n"
-                         f"Authorization: Apikey {api_key}\r\nContent-Type: application/octet-stream\r\n"
-                         f"Content-Length: 256\r\n", b"\1" * 100, shut=True)
-    ws_url = stack.local_url.replace("http://", "ws://") + f"/api/v1/stream/single/{key_path}?envelope_format=json"
-    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-        with connect(ws_url, additional_headers={"Authorization": "Apikey nope"}, open_timeout=10):
-            pass
-    ws_status = refused.value.response.status_code
+    parent = f"bad_load_{time.monotonic_ns()}"
+    tiled.create_container(parent)
+    before = sorted(tiled)
+    # Good clients keep reading and writing while the bad input arrives.
+    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+            NodeWriter(stack.local_url, api_key, parent) as writer:
+        answers = {}
+        with httpx.Client(base_url=stack.local_url, timeout=30) as c:
+            answers["no key"] = c.get("/api/v1/metadata/")
+            answers["wrong key (read)"] = c.get("/api/v1/metadata/", headers={"Authorization": "Apikey nope"})
+            answers["wrong key (write)"] = c.post("/api/v1/metadata/", headers={"Authorization": "Apikey nope"},
+                                                  json={**container, "id": "never"})
+            answers["malformed JSON"] = c.post("/api/v1/metadata/",
+                                               headers={**good, "Content-Type": "application/json"},
+                                               content=b'{"structure_family": "container", ')
+            answers["wrong content type"] = c.post("/api/v1/metadata/", headers={**good, "Content-Type": "text/plain"},
+                                                   content=b"structure_family=container")
+            answers["node name ../x"] = c.post("/api/v1/metadata/", headers=good, json={**container, "id": "../x"})
+            answers["node name a/../../b"] = c.post("/api/v1/metadata/", headers=good,
+                                                    json={**container, "id": "a/../../b"})
+            answers["path ../.. in URL"] = c.get("/api/v1/metadata/%2e%2e/%2e%2e/etc/passwd", headers=good)
+            answers["register /etc/passwd"] = c.post("/api/v1/register/", headers=good,
+                                                     json=registration("file://localhost/etc/passwd"))
+            answers["register detectors/../../etc"] = c.post(
+                "/api/v1/register/", headers=good, json=registration(f"file://localhost{detectors}/../../etc/passwd"))
+            answers["external assets via POST /metadata"] = c.post(
+                "/api/v1/metadata/", headers=good, json=registration(f"file://localhost{detectors}/x.tiff"))
+        host = urlparse(stack.local_url).netloc
+        oversized = raw_http(stack.local_url, f"PUT /api/v1/array/full/{key_path} HTTP/1.1\r\nHost: {host}\r\n"
+                             f"Authorization: Apikey {api_key}\r\nContent-Type: application/octet-stream\r\n"
+                             f"Content-Length: {5 * 2**30}\r\n", b"", shut=False)
+        upload = (f"PUT /api/v1/array/full/{key_path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Apikey {api_key}"
+                  f"\r\nContent-Type: application/octet-stream\r\nContent-Length: 256\r\n")
+        truncated = raw_http(stack.local_url, upload, b"\1" * 100, shut=True)  # the client leaves mid-body
+        stalled = raw_http(stack.local_url, upload, b"\1" * 100, shut=False)  # … or stops sending
+        ws_url = stack.local_url.replace("http://", "ws://") + f"/api/v1/stream/single/{key_path}?envelope_format=json"
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            with connect(ws_url, additional_headers={"Authorization": "Apikey nope"}, open_timeout=10):
+                pass
+        ws_status = refused.value.response.status_code
 
     statuses = {name: r.status_code for name, r in answers.items()}
     statuses["oversized body (5 GiB declared)"] = int(oversized.split()[1]) if oversized else None
     statuses["websocket, wrong key"] = ws_status
+    statuses["upload cut off, client stalls"] = int(stalled.split()[1]) if stalled else None
+    reads, writes = [o for *_, o in load.results], list(writer.outcomes.values())
     print("\n" + "\n".join(f"  {name:36} {status}" for name, status in statuses.items())
-          + f"\n  {'truncated upload':36} {truncated.split(b' ')[1].decode() if truncated else 'connection closed'}")
+          + f"\n  {'upload cut off, client leaves':36} {truncated.decode() or 'dropped (no one to answer)'}"
+          + f"\n  meanwhile {len(reads)} reads {sorted(set(map(str, reads)))}, {len(writes)} creates "
+          f"{sorted(set(map(str, writes)))}")
     assert all(isinstance(s, int) and 400 <= s < 500 for s in statuses.values()), statuses
     assert statuses["oversized body (5 GiB declared)"] == 413
     assert statuses["register /etc/passwd"] == statuses["register detectors/../../etc"] == 400
     assert "outside this server's readable storage" in answers["register /etc/passwd"].json()["detail"]
-    assert not truncated or 400 <= int(truncated.split()[1]) < 500
+    assert statuses["upload cut off, client stalls"] == 408
+    assert truncated == b"", "a client that left mid-upload is answered by nobody"
+    assert reads and set(reads) == {200} and set(writes) == {200}, "good clients were disturbed"
+    assert sorted(keys_in_catalog(tiled, parent)) == sorted(writer.outcomes)
 
     time.sleep(2)
     assert sorted(tiled) == before, "bad input must not create or remove anything"
@@ -108,3 +124,6 @@ def test_bad_input_gets_4xx_and_changes_nothing(stack, tiled, api_key, values):
     log = haproxy.logs(since=int(time.time()) - 120).decode(errors="replace")
     for status in {s for s in statuses.values()}:
         assert f" {status} " in log, f"no HAProxy log line for the {status} answers"
+    # The upload the client abandoned is logged as a client abort (CR) that never reached a replica.
+    assert any("tiled_http/<NOSRV>" in line and " CR-- " in line and f"PUT /api/v1/array/full/{key_path}" in line
+               for line in log.splitlines()), "no HAProxy log line for the abandoned upload"
