@@ -16,6 +16,7 @@ missing). Redis is not backed up: it holds only the last hour of streaming updat
 
 import datetime
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -41,20 +42,44 @@ def running(stack: Stack, service: str):
 
 def exec_to_file(container, command: list[str], target: Path, user: str) -> None:
     """Stream a command's stdout from inside a container into a file; fail on a non-zero exit."""
+    with open(target, "wb") as out:
+        exec_into(container, command, out, user)
+
+
+def exec_into(container, command: list[str], out, user: str) -> None:
     api = container.client.api
     exec_id = api.exec_create(container.id, command, user=user, stdout=True, stderr=True)["Id"]
     errors = []
-    with open(target, "wb") as out:
-        for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
-            if stdout:
-                out.write(stdout)
-            if stderr:
-                errors.append(stderr)
+    for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
+        if stdout:
+            out.write(stdout)
+        if stderr:
+            errors.append(stderr)
     code = api.exec_inspect(exec_id)["ExitCode"]
     if code:
         raise Failure(f"`{' '.join(command)}` failed in {container.name} (exit {code}): "
                       f"{b''.join(errors).decode(errors='replace').strip()[-500:]}",
                       "check `make status`; nothing was changed in the stack")
+
+
+def dump_catalog(postgres, target: Path) -> int:
+    """pg_dump the catalog and return how many nodes *that dump* holds.
+
+    Writers keep adding nodes while the backup runs, so a count taken beside the dump
+    would not describe it. The dump is made inside the container, counted there from
+    pg_restore's COPY rows (one line per row), then streamed out and removed."""
+    inside = "/tmp/tiled-backup-catalog.dump"
+    count = ("pg_restore --data-only --table=nodes -f - " + inside
+             + " | awk '/^COPY /{c=1;next} /^\\\\\\.$/{c=0;next} c{n++} END{print n+0}'")
+    try:
+        exec_into(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", "tiled_catalog", "-f", inside],
+                  io.BytesIO(), "postgres")
+        counted = io.BytesIO()
+        exec_into(postgres, ["sh", "-c", count], counted, "postgres")
+        exec_to_file(postgres, ["cat", inside], target, "postgres")
+    finally:
+        postgres.exec_run(["rm", "-f", inside], user="postgres")
+    return int(counted.getvalue())
 
 
 def sha256(path: Path) -> str:
@@ -86,11 +111,13 @@ def main() -> None:
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)  # the dumps hold all the data
     step(f"backing up project {stack.project} into {target}")
-    counts = {"catalog_nodes": int(sql(postgres, "tiled_catalog", "select count(*) from nodes")),
-              "catalog_revision": sql(postgres, "tiled_catalog", "select version_num from alembic_version")}
-    for name, database in DATABASES.items():
-        step(f"pg_dump {database} → {name}")
-        exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", database], target / name, "postgres")
+    counts = {"catalog_revision": sql(postgres, "tiled_catalog", "select version_num from alembic_version")}
+    # The catalog first, then the data it points at (see above).
+    step("pg_dump tiled_catalog → catalog.dump")
+    counts["catalog_nodes"] = dump_catalog(postgres, target / "catalog.dump")
+    step("pg_dump tiled_storage → storage.dump")
+    exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", "tiled_storage"], target / "storage.dump",
+                 "postgres")
     step(f"{ARRAYS} → arrays.tar")
     exec_to_file(replica, ["tar", "-C", ARRAYS, "-cf", "-", "."], target / "arrays.tar", "tiled")
     write_config(stack, target / "config")
