@@ -7,50 +7,19 @@ Requests may fail only between the stop and the replicas' return; the test
 prints the window.
 """
 
-import threading
+import os
+import signal
 import time
 
 import httpx
 import pytest
 
-from benchmarks.load import Background
-
 from conftest import make
+from load_clients import NodeWriter, Readers, Scans, incomplete_runs, keys_in_catalog, wait_until
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
 pytestmark = pytest.mark.live
-
-
-class Readers(Background):
-    """Clients reading metadata through HAProxy in a loop: (start, end, status or exception name)."""
-
-    threads_wanted = 3
-
-    def __init__(self, url: str, api_key: str, path: str):
-        self.url, self.api_key, self.path = url, api_key, path
-        self.results: list[tuple[float, float, object]] = []
-        super().__init__()
-
-    def run(self):
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=10) as c:
-            while not self.stopping.is_set():
-                t = time.monotonic()
-                try:
-                    outcome = c.get(self.path).status_code
-                except httpx.HTTPError as err:
-                    outcome = type(err).__name__
-                self.results.append((t, time.monotonic(), outcome))
-                time.sleep(0.02)
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
 
 
 def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key):
@@ -85,101 +54,31 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
     assert now == replicas, "replicas were restarted; they should have recovered by themselves"
 
 
-class NodeWriter(Background):
-    """Creates nodes with unique keys through HAProxy, one after another: key → outcome."""
-
-    def __init__(self, url: str, api_key: str, parent: str):
-        self.url, self.api_key, self.parent = url, api_key, parent
-        self.outcomes: dict[str, object] = {}
-        super().__init__()
-
-    def post(self, client, key):
-        body = {"id": key, "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"k": key}}
-        try:
-            return client.post(f"/api/v1/metadata/{self.parent}", json=body).status_code
-        except httpx.HTTPError as err:
-            return type(err).__name__
-
-    def run(self):
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
-            i = 0
-            while not self.stopping.is_set():
-                key = f"w{i:05d}"
-                self.outcomes[key] = self.post(c, key)
-                i += 1
-                time.sleep(0.05)
-
-    def retry_failed(self) -> dict[str, object]:
-        """Retry each failed create once: a 409 means the first attempt had landed."""
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
-            return {key: self.post(c, key) for key, outcome in self.outcomes.items() if outcome != 200}
-
-
-
-def keys_in_catalog(tiled, parent: str) -> list[str]:
-    return [key for key, _ in tiled[parent].items()]
-
-
-def bluesky_scans(url: str, api_key: str, stopping: threading.Event, results: list):
-    """Scans through TiledWriter, one after another, until told to stop: (uid or None, error)."""
-    from bluesky import RunEngine
-    from bluesky.callbacks.tiled_writer import TiledWriter
-    from bluesky.plans import scan
-    from ophyd.sim import SynAxis, SynGauss
-    from tiled.client import from_uri
-
-    motor = SynAxis(name="motor")
-    det = SynGauss("det", motor, "motor", center=0, Imax=1, sigma=1)
-    while not stopping.is_set():
-        engine = RunEngine({}, call_returns_result=False, context_managers=[])
-        engine.subscribe(TiledWriter(from_uri(url, api_key=api_key), batch_size=1))
-        try:
-            (uid,) = engine(scan([det], motor, -1, 1, 10))
-            results.append((uid, None))
-        except Exception as err:  # the writer saw a failure: this run is not reported as written
-            results.append((None, repr(err)[:200]))
-
-
 def test_killing_a_replica_mid_load_fails_no_read_and_loses_no_reported_write(stack, tiled, api_key):
     parent = f"kill_{time.monotonic_ns()}"
     tiled.create_container(parent)
     victim = project_containers(stack.project, "tiled", all=False)[0]
-    scans, stopping = [], threading.Event()
-    scanner = threading.Thread(target=bluesky_scans, args=(stack.local_url, api_key, stopping, scans), daemon=True)
     try:
         with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
-                NodeWriter(stack.local_url, api_key, parent) as writer:
-            scanner.start()
+                NodeWriter(stack.local_url, api_key, parent) as writer, Scans(stack.local_url, api_key) as scans:
             time.sleep(4)
             victim.kill()  # SIGKILL: no drain, no graceful shutdown
             time.sleep(8)
-            stopping.set()
-            scanner.join(timeout=60)
     finally:
         victim.start()
     reads = [o for *_, o in load.results]
     failed_writes = {k: o for k, o in writer.outcomes.items() if o != 200}
     retried = writer.retry_failed()
     keys = keys_in_catalog(tiled, parent)
-    complete, incomplete = [], []
-    for uid, _ in scans:
-        if uid:
-            run = tiled[uid]
-            stop = run.metadata.get("stop") or {}
-            seq = list(run["primary"].base["internal"].read()["seq_num"]) if "primary" in run else []
-            # Rows come back in storage order, not append order (no ORDER BY upstream): compare sorted.
-            complete.append(stop.get("exit_status") == "success" and sorted(seq) == list(range(1, 11)))
-            if not complete[-1]:
-                incomplete.append((uid, stop.get("exit_status"), seq))
+    incomplete = incomplete_runs(tiled, scans.written())
     print(f"\nSIGKILL of {victim.name}: {len(reads)} reads, statuses {sorted(set(map(str, reads)))}; "
           f"{len(writer.outcomes)} creates, {len(failed_writes)} failed {sorted(set(map(str, failed_writes.values())))} "
-          f"→ retried: {sorted(set(map(str, retried.values())))}; {len(scans)} Bluesky scans, "
-          f"{sum(1 for u, _ in scans if u)} reported written, all complete: {all(complete)}; "
-          f"errors {[e for _, e in scans if e]}; incomplete {incomplete}")
+          f"→ retried: {sorted(set(map(str, retried.values())))}; {len(scans.results)} Bluesky scans, "
+          f"{len(scans.written())} reported written, incomplete {incomplete}; errors {scans.errors()}")
     assert reads and set(reads) == {200}, "an idempotent read failed"
     assert sorted(keys) == sorted(set(keys)) == sorted(writer.outcomes), "a create was lost or duplicated"
     assert all(o in (200, 409) for o in retried.values()), retried
-    assert complete and all(complete), "a run reported as written is incomplete"
+    assert scans.written() and not incomplete, "a run reported as written is incomplete"
 
 
 def test_rollout_mid_load_fails_no_request(stack, tiled, api_key):
@@ -297,3 +196,57 @@ def test_scale_up_and_down_mid_load_fails_no_read_or_write(stack, tiled, api_key
           f"{len(writer.outcomes)} creates {sorted(set(map(str, writer.outcomes.values())))}")
     assert set(reads) == {200} and set(writer.outcomes.values()) == {200}
     assert sorted(keys) == sorted(writer.outcomes)
+
+
+def test_every_process_killed_at_once_comes_back_by_itself(stack, tiled, api_key):
+    """What a power cut or a host reboot does to the stack: every process of every service
+    dies at once, uncleanly. They are SIGKILLed from the host, not through Docker, so Docker
+    treats it as a crash and applies the restart policy (`unless-stopped`), as it does when
+    the daemon starts after a reboot. Everything must come back with no command, and every
+    write answered before the cut must still be there.
+
+    Not covered: the page cache survives here (a real power cut also loses what PostgreSQL
+    had not fsynced; it fsyncs before answering a commit), and the daemon's own restart is
+    not exercised (it would stop every other container on the host running the tests)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test kills the stack's processes from the host: run the tests as root")
+    parent = f"cut_{time.monotonic_ns()}"
+    tiled.create_container(parent)
+    n = len(project_containers(stack.project, "tiled", all=False))
+
+    def serving():
+        try:
+            return httpx.get(f"{stack.local_url}/api/v1/metadata/{parent}", timeout=2,
+                             headers={"Authorization": f"Apikey {api_key}"}).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def all_up():
+        try:
+            return haproxy_stats.up_count(stack.stats_url) == n
+        except Exception:  # HAProxy itself is still coming back
+            return False
+
+    wait_until(all_up, 60, f"all {n} replicas in HAProxy before the cut")
+    containers = project_containers(stack.project, all=False)
+    started = {c.name: c.attrs["State"]["StartedAt"] for c in containers}
+    with NodeWriter(stack.local_url, api_key, parent) as writer, Scans(stack.local_url, api_key) as scans:
+        time.sleep(4)
+        cut = time.monotonic()
+        for c in containers:
+            os.kill(c.attrs["State"]["Pid"], signal.SIGKILL)
+        first = wait_until(serving, 180, "a read through HAProxy after the cut")
+        back = wait_until(all_up, 180, f"all {n} replicas back in HAProxy")
+        time.sleep(3)
+    now = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, all=False)}
+    answered = [key for key, outcome in writer.outcomes.items() if outcome == 200]
+    keys = keys_in_catalog(tiled, parent)
+    incomplete = incomplete_runs(tiled, scans.written())
+    print(f"\nSIGKILL of all {len(containers)} processes ({', '.join(sorted(started))}): serving again "
+          f"{first - cut:.1f}s later, all {n} replicas in HAProxy after {back - cut:.1f}s; {len(writer.outcomes)} "
+          f"creates, {len(answered)} answered 200, all of them in the catalog: {set(answered) <= set(keys)}; "
+          f"{len(scans.written())} scans reported written, incomplete {incomplete}")
+    assert sorted(now) == sorted(started), "a service did not come back"
+    assert all(now[name] != started[name] for name in started), "a process was not restarted"
+    assert set(answered) <= set(keys) <= set(writer.outcomes), "a write answered before the cut was lost"
+    assert scans.written() and not incomplete, "a run reported as written is incomplete"
