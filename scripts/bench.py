@@ -3,8 +3,8 @@
 Configurations, in one run on the same machine:
   direct-1          one replica, its own address, no HAProxy (the baseline: what
                     upstream Tiled's compose file runs)
-  direct-1-fixes-off  the same with the CPU fixes off (FASTAPI_DEPENDANT_CACHE=off,
-                    NODE_ALIAS_CACHE=off; metadata and search only)
+  direct-1-fixes-off  the same with every CPU fix off (env_file.CPU_FIXES: upstream
+                    Tiled as released; metadata and search only)
   haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
 
 Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks import load, report, resources, workloads
-from scripts import haproxy_stats, scale, side_replica, timings
+from scripts import env_file, haproxy_stats, scale, side_replica, timings
 from scripts.compose import ROOT, Stack
 from scripts.docker_api import project_containers
 from scripts.say import Failure, note, ok, run_main, step
@@ -107,7 +107,7 @@ def main() -> None:
                  "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                           "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
                  "haproxy_maxconn_per_replica": haproxy_maxconn(stack),
-                 "cpu_fixes": {k: stack.values.get(k, "on") for k in ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE")}},
+                 "cpu_fixes": {k: stack.values.get(k, "on") for k in env_file.CPU_FIXES}},
         "timings": {k: v for k, v in timings.read().items() if k in ("images", f"up/{stack.project}")},
         "http": {}, "bluesky": {}, "streaming": {}, "resources": {},
     }
@@ -128,8 +128,8 @@ def main() -> None:
                                                                        *profile.streaming)
                 if profile.fix_off:
                     step("direct-1-fixes-off: a side replica with the CPU fixes off")
-                    _, off_url = side_replica.start(stack.project, "bench_fixes_off", FASTAPI_DEPENDANT_CACHE="off",
-                                                    NODE_ALIAS_CACHE="off")
+                    _, off_url = side_replica.start(stack.project, "bench_fixes_off",
+                                                    **dict.fromkeys(env_file.CPU_FIXES, "off"))
                     try:
                         results["http"]["direct-1-fixes-off"] = run_http(stack.project, off_url, requests,
                                                                          FIX_OFF_HTTP, profile, "direct-1-fixes-off")

@@ -1,13 +1,14 @@
 """Live tier: the per-replica CPU fixes change no response.
 
-The fixes are tiled/tiled_stack/dependant_cache.py (FastAPI's per-request
-dependency re-analysis) and node_alias_cache.py (Tiled's per-request SQL aliases).
-A fixed set of requests goes to a stack replica (fixes on, the default) and to a
-side replica of the same image with FASTAPI_DEPENDANT_CACHE=off and
-NODE_ALIAS_CACHE=off; status codes,
-content types and bodies must be byte-identical. Only timing headers and request
-ids are ignored. Writes go to one node per side, named so that swapping the
-names is the only difference.
+The fixes are in tiled/tiled_stack/: dependant_cache.py (FastAPI's per-request
+dependency re-analysis), node_alias_cache.py (Tiled's per-request SQL aliases),
+generic_model_cache.py (response model classes rebuilt per request) and
+child_count_batch.py (one count query per container on a page). A fixed set of
+requests goes to a stack replica (fixes on, the default) and to a side replica of
+the same image with every switch in env_file.CPU_FIXES off; status codes, content
+types and bodies must be byte-identical. Only timing headers and request ids are
+ignored. Writes go to one node per side, named so that swapping the names is the
+only difference.
 """
 
 import datetime
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import container_addresses
-from scripts import side_replica
+from scripts import env_file, side_replica
 
 pytestmark = pytest.mark.live
 
@@ -32,7 +33,7 @@ HOST = {"Host": "tiled.example.org"}  # the same Host on both sides: links are b
 def replicas(stack):
     """(fix-on URL, its container, fix-off URL)."""
     on_address, on_container = next(iter(container_addresses(stack, "tiled").items()))
-    _, off_url = side_replica.start(stack.project, "fix_off", FASTAPI_DEPENDANT_CACHE="off", NODE_ALIAS_CACHE="off")
+    _, off_url = side_replica.start(stack.project, "fix_off", **dict.fromkeys(env_file.CPU_FIXES, "off"))
     try:
         yield f"http://{on_address}:8000", on_container, off_url
     finally:
@@ -41,7 +42,8 @@ def replicas(stack):
 
 @pytest.fixture(scope="module")
 def dataset(tiled):
-    """A container of 12 nodes with metadata, an array and an appendable table."""
+    """A container of 12 nodes with metadata (one holding exactly exact_count_limit = 100 children,
+    one a chain three deep), an array and an appendable table."""
     if "identity" in tiled:
         return tiled["identity"]
     parent = tiled.create_container("identity", metadata={"purpose": "fix on/off comparison"})
@@ -49,6 +51,8 @@ def dataset(tiled):
         parent.create_container(f"n{i:02d}", metadata={"i": i, "color": ["red", "green", "blue"][i % 3],
                                                        "note": f"sample {i} in beam"})
     parent["n00"].create_container("inner", metadata={"depth": 3}).create_container("innermost")
+    for i in range(100):
+        parent["n01"].create_container(f"c{i:03d}")
     parent.write_array(np.arange(2400, dtype="int32").reshape(40, 60), key="arr", metadata={"unit": "count"})
     frame = pd.DataFrame({"x": np.linspace(0, 1, 20), "y": np.arange(20, dtype="int64")})
     table = parent.create_appendable_table(pa.Schema.from_pandas(frame, preserve_index=False), key="tbl")
@@ -121,13 +125,18 @@ def answer(client: httpx.Client, method: str, path: str, kwargs: dict, side: str
     return r.status_code, r.headers.get("content-type"), r.content.replace(f"w_{side}".encode(), b"w_SIDE")
 
 
+LOG_NAMES = {"FASTAPI_DEPENDANT_CACHE": "dependant cache", "NODE_ALIAS_CACHE": "node alias cache",
+             "PYDANTIC_GENERIC_CACHE": "generic model cache", "CHILD_COUNT_BATCH": "child count batch"}
+
+
 def test_replicas_serve_with_the_switches_as_configured(replicas):
-    """On by default; `FASTAPI_DEPENDANT_CACHE=off NODE_ALIAS_CACHE=off make test` runs
-    the whole suite with both off."""
+    """On by default; e.g. `FASTAPI_DEPENDANT_CACHE=off … make test` runs the whole suite
+    with that fix off (the test stack takes the switches from the environment)."""
     _, on_container, off_url = replicas
     log = on_container.logs().decode(errors="replace")
-    assert f"tiled-stack: dependant cache {os.environ.get('FASTAPI_DEPENDANT_CACHE', 'on')} (" in log
-    assert f"tiled-stack: node alias cache {os.environ.get('NODE_ALIAS_CACHE', 'on')} (" in log
+    assert sorted(LOG_NAMES) == sorted(env_file.CPU_FIXES)
+    for switch, name in LOG_NAMES.items():
+        assert f"tiled-stack: {name} {os.environ.get(switch, 'on')}" in log, (switch, log[-2000:])
 
 
 def test_responses_are_identical_with_the_fixes_on_and_off(replicas, dataset, api_key, values):

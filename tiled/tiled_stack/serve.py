@@ -12,7 +12,8 @@ import sys
 
 from tiled.config import parse_configs
 
-from tiled_stack import dependant_cache, input_guards, node_alias_cache, readiness
+from tiled_stack import (child_count_batch, dependant_cache, generic_model_cache, input_guards, node_alias_cache,
+                         readiness)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
@@ -51,6 +52,8 @@ def main() -> None:
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
     print(f"tiled-stack: {dependant_cache.install()}", flush=True)
     print(f"tiled-stack: {node_alias_cache.install()}", flush=True)
+    print(f"tiled-stack: {generic_model_cache.install()}", flush=True)
+    print(f"tiled-stack: {child_count_batch.install()}", flush=True)
     print(f"tiled-stack: {readiness.install()}", flush=True)
     print(f"tiled-stack: {input_guards.install()}", flush=True)
     # Tiled's own command line, in this process, so that the fix above applies.
