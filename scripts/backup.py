@@ -24,20 +24,12 @@ from pathlib import Path
 
 from scripts import env_file
 from scripts.compose import ROOT, Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import project_containers, running
 from scripts.postgres import sql
 from scripts.say import Failure, ok, run_main, step
 
 DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage"}
 ARRAYS = "/data/arrays"
-
-
-def running(stack: Stack, service: str):
-    containers = project_containers(stack.project, service, all=False)
-    if not containers:
-        raise Failure(f"the {service} service of {stack.project} is not running",
-                      "start the stack with `make up`, then rerun")
-    return containers[0]
 
 
 def exec_to_file(container, command: list[str], target: Path, user: str) -> None:
@@ -103,7 +95,7 @@ def write_config(stack: Stack, target: Path) -> None:
 
 def main() -> None:
     stack = Stack()
-    postgres, replica = running(stack, "postgres"), running(stack, "tiled")
+    postgres, replica = running(stack.project, "postgres"), running(stack.project, "tiled")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = Path(os.environ.get("BACKUP_DIR") or ROOT / "backups" / f"{stack.project}-{stamp}")
     if target.exists() and any(target.iterdir()):

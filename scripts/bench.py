@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks import load, report, resources, workloads
 from scripts import env_file, haproxy_stats, scale, side_replica, timings
 from scripts.compose import ROOT, Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import backend_address, project_containers
 from scripts.say import Failure, note, ok, run_main, step
 
 
@@ -48,12 +48,8 @@ FIX_OFF_HTTP = ["metadata", "search"]
 
 
 def replica_urls(stack: Stack) -> list[str]:
-    urls = []
-    for c in sorted(project_containers(stack.project, "tiled", all=False), key=lambda c: c.name):
-        for name, net in c.attrs["NetworkSettings"]["Networks"].items():
-            if name.endswith("_backend"):
-                urls.append(f"http://{net['IPAddress']}:8000")
-    return urls
+    return [f"http://{backend_address(c)}:8000"
+            for c in sorted(project_containers(stack.project, "tiled", all=False), key=lambda c: c.name)]
 
 
 def haproxy_maxconn(stack: Stack) -> int:

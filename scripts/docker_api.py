@@ -25,3 +25,20 @@ def project_containers(project: str, service: str | None = None, all: bool = Tru
     if service:
         labels.append(f"com.docker.compose.service={service}")
     return client().containers.list(all=all, filters={"label": labels})
+
+
+def running(project: str, service: str):
+    """A running container of `service`, or a Failure that says how to start one."""
+    containers = project_containers(project, service, all=False)
+    if not containers:
+        raise Failure(f"the {service} service of project {project} is not running",
+                      "start the stack with `make up`, then rerun")
+    return containers[0]
+
+
+def backend_address(container) -> str:
+    """The container's address on the stack's backend network, where replicas listen on :8000."""
+    for name, network in container.attrs["NetworkSettings"]["Networks"].items():
+        if name.endswith("_backend"):
+            return network["IPAddress"]
+    raise Failure(f"{container.name} is not on a *_backend network", "recreate it with `make up`")

@@ -32,14 +32,12 @@ def up_count(stats_url: str) -> int:
 
 def admin(project: str, command: str) -> str:
     """Send one command to HAProxy's admin socket (inside its container) and return the answer."""
-    from scripts.docker_api import project_containers
+    from scripts.docker_api import running
 
-    containers = project_containers(project, "haproxy", all=False)
-    if not containers:
-        raise Failure("the haproxy container is not running", "start the stack with `make up`")
+    haproxy = running(project, "haproxy")
     code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"
             "s.sendall(sys.argv[1].encode()+b'\\n'); print(s.makefile().read())")
-    result = containers[0].exec_run(["python3", "-c", code, command])
+    result = haproxy.exec_run(["python3", "-c", code, command])
     if result.exit_code:
         raise Failure(f"HAProxy's admin socket refused {command!r}: {result.output.decode().strip()}",
                       "check `make logs SERVICE=haproxy`")

@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 
 from scripts import wait
-from scripts.backup import ARRAYS, DATABASES, running, sha256
+from scripts.backup import ARRAYS, DATABASES, sha256
 from scripts.compose import Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import project_containers, running
 from scripts.postgres import sql
 from scripts.say import Failure, note, ok, run_main, step
 
@@ -55,7 +55,7 @@ def pipe_in(command: list[str], source: Path, what: str) -> None:
 def main() -> None:
     source, manifest = checked_backup()
     stack = Stack()
-    postgres, replica = running(stack, "postgres"), running(stack, "tiled")
+    postgres, replica = running(stack.project, "postgres"), running(stack.project, "tiled")
     nodes = int(sql(postgres, "tiled_catalog", "select count(*) from nodes where id <> 0"))
     if (nodes or arrays_in_use(stack, replica)) and os.environ.get("FORCE") != "1":
         raise Failure(f"project {stack.project} already holds data ({nodes} catalog nodes besides the root, "

@@ -14,9 +14,9 @@ A schema change that the running version cannot read needs downtime instead:
 
 import time
 
-from scripts import build_images, haproxy_stats, scale, wait
+from scripts import build_images, scale, wait
 from scripts.compose import Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import backend_address, project_containers
 from scripts.say import Failure, ok, run_main, step
 
 STOP_TIMEOUT_S = 30
@@ -25,18 +25,6 @@ STOP_TIMEOUT_S = 30
 def replicas(stack: Stack) -> list:
     return sorted(project_containers(stack.project, "tiled", all=False),
                   key=lambda c: int(c.labels.get("com.docker.compose.container-number", 0)))
-
-
-def gone_from_rotation(stack: Stack, addresses: set[str], timeout: float = 15) -> None:
-    """Wait until HAProxy has marked the removed replica's slots down (or freed them),
-    so that making those slots ready again cannot send a request to a stopped process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(s["addr"] in addresses and s["status"].startswith(("UP", "DRAIN", "NOLB"))
-                   for backend in ("tiled_http", "tiled_stream")
-                   for s in haproxy_stats.servers(stack.stats_url, backend)):
-            return
-        time.sleep(0.2)
 
 
 def main() -> None:
@@ -57,13 +45,11 @@ def main() -> None:
         stack.run("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"tiled={n + 1}", "tiled")
         wait.until_healthy(stack, n + 1)
         step(f"[{index}/{n}] draining {container.name} in HAProxy, then stopping it")
-        address = {net["IPAddress"] for net in container.attrs["NetworkSettings"]["Networks"].values()}
+        address = {backend_address(container)}
         slots = scale.drain(stack, [container])
         container.stop(timeout=STOP_TIMEOUT_S)
         container.remove()
-        gone_from_rotation(stack, address)
-        for slot in slots:  # a freed slot keeps its admin state: make it ready for whoever comes next
-            haproxy_stats.admin(stack.project, f"set server {slot} state ready")
+        scale.release(stack, slots, address)
         wait.until_healthy(stack, n)
     names = ", ".join(c.name for c in replicas(stack))
     ok(f"rolled out {n} replicas in {time.monotonic() - started:.0f}s: {names}")

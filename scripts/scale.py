@@ -12,7 +12,7 @@ import time
 
 from scripts import haproxy_stats, wait
 from scripts.compose import Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import backend_address, project_containers
 from scripts.say import Failure, note, ok, run_main, step
 
 DRAIN_DEADLINE_S = 30
@@ -25,10 +25,9 @@ def replicas_to_remove(stack: Stack, target: int):
 
 
 def drain(stack: Stack, containers) -> list[str]:
-    """Drain the containers' slots; return them ("backend/server") to be made ready again."""
+    """Drain the containers' slots; return them ("backend/server") for `release` once they are stopped."""
     slots = []
-    addresses = {net["IPAddress"] for c in containers
-                 for net in c.attrs["NetworkSettings"]["Networks"].values()}
+    addresses = {backend_address(c) for c in containers}
     for backend in ("tiled_http", "tiled_stream"):
         for server in haproxy_stats.servers(stack.stats_url, backend):
             if server["addr"] in addresses:
@@ -44,6 +43,27 @@ def drain(stack: Stack, containers) -> list[str]:
     return slots
 
 
+def gone_from_rotation(stack: Stack, addresses: set[str], timeout: float = 15) -> None:
+    """Wait until HAProxy has marked the removed replicas' slots down (or freed them),
+    so that making those slots ready again cannot send a request to a stopped process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(s["addr"] in addresses and s["status"].startswith(("UP", "DRAIN", "NOLB"))
+                   for backend in ("tiled_http", "tiled_stream")
+                   for s in haproxy_stats.servers(stack.stats_url, backend)):
+            return
+        time.sleep(0.2)
+
+
+def release(stack: Stack, slots: list[str], addresses: set[str]) -> None:
+    """After drained replicas are stopped: once HAProxy no longer counts them, make their slots
+    ready for whoever comes next (a freed slot keeps its admin state, and a drained slot
+    would never get traffic again)."""
+    gone_from_rotation(stack, addresses)
+    for slot in slots:
+        haproxy_stats.admin(stack.project, f"set server {slot} state ready")
+
+
 def target_count(stack: Stack) -> int:
     raw = os.environ.get("N") or (sys.argv[1] if len(sys.argv) > 1 else "")
     if not raw.isdigit() or not 1 <= int(raw) <= stack.max_replicas:
@@ -54,16 +74,14 @@ def target_count(stack: Stack) -> int:
 
 def scale_to(stack: Stack, target: int) -> None:
     leaving = replicas_to_remove(stack, target)
+    addresses = {backend_address(c) for c in leaving}
     drained = []
     if leaving:
         step(f"draining {len(leaving)} replica(s) in HAProxy: {', '.join(c.name for c in leaving)}")
         drained = drain(stack, leaving)
     step(f"scaling tiled to {target} replicas")
     stack.run("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"tiled={target}", "tiled")
-    # A freed slot keeps its admin state: clear it, or a future replica placed
-    # in that slot would never get traffic.
-    for slot in drained:
-        haproxy_stats.admin(stack.project, f"set server {slot} state ready")
+    release(stack, drained, addresses)
     wait.until_healthy(stack, target)
     ok(f"{target} replicas serving")
 

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from scripts.docker_api import client, project_containers
+from scripts.docker_api import backend_address, client, running
 from scripts.say import Failure
 
 LABEL = "tiled-stack.side-replica"
@@ -19,9 +19,7 @@ LABEL = "tiled-stack.side-replica"
 
 def start(project: str, name: str, **env: str):
     """Start a side replica; return (container, base URL). Replaces one of the same name."""
-    (template, *_) = project_containers(project, "tiled", all=False) or [None]
-    if template is None:
-        raise Failure(f"project {project} has no running Tiled replica to copy", "run `make up` first")
+    template = running(project, "tiled")
     remove(project, name)
     config, host = template.attrs["Config"], template.attrs["HostConfig"]
     environment = [e for e in config["Env"] if e.split("=", 1)[0] not in env]
@@ -35,8 +33,7 @@ def start(project: str, name: str, **env: str):
         network=network, mem_limit=host.get("Memory") or None,
         labels={LABEL: project}, stop_signal="SIGINT")
     container.reload()
-    address = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-    url = f"http://{address}:8000"
+    url = f"http://{backend_address(container)}:8000"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -148,11 +148,10 @@ def probe_tiled_stack(code: str, env: dict | None = None) -> dict:
 
 
 def container_addresses(stack, service):
-    """Address on the stack's network → container, for reaching behind HAProxy."""
-    from scripts.docker_api import project_containers
+    """Address on the stack's backend network → container, for reaching behind HAProxy."""
+    from scripts.docker_api import backend_address, project_containers
 
-    return {net["IPAddress"]: c for c in project_containers(stack.project, service, all=False)
-            for net in c.attrs["NetworkSettings"]["Networks"].values()}
+    return {backend_address(c): c for c in project_containers(stack.project, service, all=False)}
 
 
 def rows_in_storage(stack, values, node, columns: str) -> list[tuple]:
