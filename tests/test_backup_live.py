@@ -33,7 +33,7 @@ def test_backup_clean_restore_gives_back_everything(stack, tiled, api_key, tmp_p
         return {"top": {key: dict(client[key].metadata) for key in keys},
                 "array": client["backup_array"].read().tobytes(),
                 "table": client["backup_table"].read().to_dict("list"),
-                "run": (dict(run.metadata), run["primary"].base["internal"].read().to_dict("list"))}
+                "run": (dict(run.metadata), run["primary"].base["internal"].read().sort_values("seq_num").to_dict("list"))}
 
     keys = list(tiled)
     before = state(tiled)
