@@ -79,8 +79,8 @@ def test_backup_clean_restore_gives_back_everything(stack, tiled, api_key, tmp_p
     runs = [uid for uid, *_ in scans.results if uid and uid in restored]
     print(f"\nbackup under load took {took:.1f}s; from 3 s before it to 1 s after: {len(reads)} reads, "
           f"{len(writer.outcomes)} creates and "
-          f"{len(scans.results)} Bluesky scans, none failed; restored {len(after['top'])} prepared nodes "
-          f"(an array, a table, a {len(after['run'][1]['seq_num'])}-event run) equal, {len(nodes)} of the "
+          f"{len(scans.results)} Bluesky scans, none failed; restored {len(after['top'])} top-level nodes "
+          f"(among them an array, a table, a {len(after['run'][1]['seq_num'])}-event run) equal, {len(nodes)} of the "
           f"{len(writer.outcomes)} created nodes ({len(answered_before)} answered before the backup began), "
           f"{len(runs)} of the scans")
     assert set(answered_before) <= set(nodes) <= set(writer.outcomes)
