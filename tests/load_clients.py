@@ -1,6 +1,6 @@
 """The load the live resilience tests run during each fault, through HAProxy.
 
-Readers read one node's metadata in a loop; NodeWriter creates nodes with unique
+Readers read metadata, an array chunk and a table partition in a loop; NodeWriter creates nodes with unique
 keys one after another; bluesky_scans runs scans through TiledWriter. Each records
 every outcome, so a test can count failed requests and check that every write it
 was told succeeded is in the catalog exactly once.
@@ -9,6 +9,8 @@ was told succeeded is in the catalog exactly once.
 import time
 
 import httpx
+import numpy as np
+import pyarrow as pa
 from bluesky.plans import scan
 from tiled.client import from_uri
 
@@ -16,13 +18,25 @@ from benchmarks.load import Background
 from scripts.acquire import devices, writing_engine
 
 
+def reading_paths(tiled, parent: str) -> list[str]:
+    """What Readers read in turn: `parent`'s metadata, an array chunk and a table partition
+    (the array and the table are made once per stack, in /load_data)."""
+    if "load_data" not in tiled:
+        data = tiled.create_container("load_data")
+        data.write_array(np.arange(128 * 128, dtype="uint16").reshape(128, 128), key="arr")
+        frame = pa.table({"seq_num": np.arange(1, 201), "det": np.linspace(0, 1, 200)})
+        data.create_appendable_table(frame.schema, key="tbl").append_partition(0, frame)
+    return [f"/api/v1/metadata/{parent}", "/api/v1/array/block/load_data/arr?block=0,0",
+            "/api/v1/table/partition/load_data/tbl?partition=0"]
+
+
 class Readers(Background):
-    """Clients reading metadata through HAProxy in a loop: (start, end, status or exception name)."""
+    """Clients reading through HAProxy in a loop, each path in turn: (start, end, status or exception name)."""
 
     threads_wanted = 3
 
-    def __init__(self, url: str, api_key: str, path: str):
-        self.url, self.api_key, self.path = url, api_key, path
+    def __init__(self, url: str, api_key: str, paths: list[str]):
+        self.url, self.api_key, self.paths = url, api_key, paths
         self.results: list[tuple[float, float, object]] = []
         super().__init__()
 
@@ -31,7 +45,7 @@ class Readers(Background):
             while not self.stopping.is_set():
                 t = time.monotonic()
                 try:
-                    outcome = c.get(self.path).status_code
+                    outcome = c.get(self.paths[len(self.results) % len(self.paths)]).status_code
                 except httpx.HTTPError as err:
                     outcome = type(err).__name__
                 self.results.append((t, time.monotonic(), outcome))

@@ -13,7 +13,7 @@ from bluesky.plans import scan
 from tiled.client import from_uri
 
 from conftest import make
-from load_clients import NodeWriter, Readers, Scans, incomplete_runs, keys_in_catalog
+from load_clients import NodeWriter, Readers, reading_paths, Scans, incomplete_runs, keys_in_catalog
 from scripts.acquire import devices, writing_engine
 
 pytestmark = pytest.mark.live
@@ -41,7 +41,7 @@ def test_backup_clean_restore_gives_back_everything(stack, tiled, api_key, tmp_p
     parent = "backup_load"
     tiled.create_container(parent)
     # Writers and readers keep going while the backup runs, as they would in beamtime.
-    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+    with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
             NodeWriter(stack.local_url, api_key, parent) as writer, Scans(stack.local_url, api_key) as scans:
         time.sleep(3)
         started = time.monotonic()

@@ -17,7 +17,7 @@ import pytest
 import websockets.exceptions
 from websockets.sync.client import connect
 
-from load_clients import NodeWriter, Readers, keys_in_catalog
+from load_clients import NodeWriter, Readers, reading_paths, keys_in_catalog
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
@@ -58,9 +58,10 @@ def test_bad_input_gets_4xx_and_changes_nothing(stack, tiled, api_key, values):
 
     parent = f"bad_load_{time.monotonic_ns()}"
     tiled.create_container(parent)
+    paths = reading_paths(tiled, parent)
     before = sorted(tiled)
     # Good clients keep reading and writing while the bad input arrives.
-    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+    with Readers(stack.local_url, api_key, paths) as load, \
             NodeWriter(stack.local_url, api_key, parent) as writer:
         answers = {}
         with httpx.Client(base_url=stack.local_url, timeout=30) as c:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import make
-from load_clients import NodeWriter, Readers, Scans, incomplete_runs, keys_in_catalog, wait_until
+from load_clients import NodeWriter, Readers, reading_paths, Scans, incomplete_runs, keys_in_catalog, wait_until
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
@@ -23,12 +23,13 @@ pytestmark = pytest.mark.live
 
 
 def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key):
-    if "resilience_pg" not in tiled:
-        tiled.create_container("resilience_pg", metadata={"probe": True})
+    parent = f"pg_{time.monotonic_ns()}"
+    tiled.create_container(parent)
     (postgres,) = project_containers(stack.project, "postgres", all=False)
     replicas = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, "tiled", all=False)}
     n = len(replicas)
-    with Readers(stack.local_url, api_key, "/api/v1/metadata/resilience_pg") as load:
+    with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
+            NodeWriter(stack.local_url, api_key, parent) as writer:
         time.sleep(3)
         stopped = time.monotonic()
         postgres.stop(timeout=10)
@@ -41,7 +42,15 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
     after_back = [o for t, _, o in load.results if t > back + 0.5]
     failed = [(t, end, o) for t, end, o in load.results if o != 200]
     before_stop = [o for _, end, o in load.results if end < stopped]
-    print(f"\n{len(load.results)} reads: {len(before_stop)} done before the stop, {len(failed)} failed "
+    writes_after = [writer.outcomes[k] for k, end in writer.finished.items() if end > back + 1]
+    answered = {k for k, o in writer.outcomes.items() if o == 200}
+    failed_writes = len(writer.outcomes) - len(answered)
+    retried = writer.retry_failed()
+    keys = keys_in_catalog(tiled, parent)
+    print(f"\n{len(writer.outcomes)} creates, {failed_writes} failed during the outage → retried: "
+          f"{sorted(set(map(str, retried.values())))}; {len(writes_after)} after the return, statuses "
+          f"{sorted(set(map(str, writes_after)))}")
+    print(f"{len(load.results)} reads: {len(before_stop)} done before the stop, {len(failed)} failed "
           f"{sorted({str(o) for *_, o in failed})} from {failed[0][1] - stopped:.1f}s to {failed[-1][1] - stopped:.1f}s "
           f"after the stop; every replica out of rotation {out - stopped:.1f}s after the stop; PostgreSQL down "
           f"{started - stopped:.1f}s; replicas back in rotation {back - started:.1f}s after its start; "
@@ -50,6 +59,9 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
     assert failed and all(end >= stopped and t <= back + 0.5 for t, end, _ in failed), "failures outside the outage"
     assert set(after_back) == {200}, "5xx after PostgreSQL was back"
     assert len(after_back) > 20
+    assert writes_after and set(writes_after) == {200}, "a write failed after PostgreSQL was back"
+    assert answered <= set(keys) and sorted(keys) == sorted(writer.outcomes), "a create was lost or duplicated"
+    assert all(o in (200, 409) for o in retried.values()), retried
     now = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, "tiled", all=False)}
     assert now == replicas, "replicas were restarted; they should have recovered by themselves"
 
@@ -59,7 +71,7 @@ def test_killing_a_replica_mid_load_fails_no_read_and_loses_no_reported_write(st
     tiled.create_container(parent)
     victim = project_containers(stack.project, "tiled", all=False)[0]
     try:
-        with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+        with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
                 NodeWriter(stack.local_url, api_key, parent) as writer, Scans(stack.local_url, api_key) as scans:
             time.sleep(4)
             victim.kill()  # SIGKILL: no drain, no graceful shutdown
@@ -85,7 +97,7 @@ def test_rollout_mid_load_fails_no_request(stack, tiled, api_key):
     parent = f"rollout_{time.monotonic_ns()}"
     tiled.create_container(parent)
     before = {c.id for c in project_containers(stack.project, "tiled", all=False)}
-    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+    with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
             NodeWriter(stack.local_url, api_key, parent) as writer:
         time.sleep(2)
         t0 = time.monotonic()
@@ -183,7 +195,7 @@ def test_scale_up_and_down_mid_load_fails_no_read_or_write(stack, tiled, api_key
     parent = f"scale_{time.monotonic_ns()}"
     tiled.create_container(parent)
     n = haproxy_stats.up_count(stack.stats_url)
-    with Readers(stack.local_url, api_key, f"/api/v1/metadata/{parent}") as load, \
+    with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
             NodeWriter(stack.local_url, api_key, parent) as writer:
         time.sleep(1)
         make("scale", stack.env_path, N=str(n + 1))
