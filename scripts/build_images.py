@@ -224,9 +224,8 @@ def main() -> None:
         built.append(spec["image"])
     if built:
         remove_superseded_images()
+        timings.record("images", time.monotonic() - started, built=built)
     seconds = time.monotonic() - started
-    if built:
-        timings.record("images", seconds, built=built)
     ok(f"images ready in {seconds:.0f}s")
 
 

@@ -16,20 +16,14 @@ import time
 
 from scripts import build_images, scale, wait
 from scripts.compose import Stack
-from scripts.docker_api import backend_address, project_containers
 from scripts.say import Failure, ok, run_main, step
 
 STOP_TIMEOUT_S = 30
 
 
-def replicas(stack: Stack) -> list:
-    return sorted(project_containers(stack.project, "tiled", all=False),
-                  key=lambda c: int(c.labels.get("com.docker.compose.container-number", 0)))
-
-
 def main() -> None:
     stack = Stack()
-    old = replicas(stack)
+    old = scale.replicas(stack)
     if not old:
         raise Failure(f"project {stack.project} has no running Tiled replica", "start it with `make up`")
     n = len(old)
@@ -45,13 +39,12 @@ def main() -> None:
         stack.run("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"tiled={n + 1}", "tiled")
         wait.until_healthy(stack, n + 1)
         step(f"[{index}/{n}] draining {container.name} in HAProxy, then stopping it")
-        address = {backend_address(container)}
         slots = scale.drain(stack, [container])
         container.stop(timeout=STOP_TIMEOUT_S)
         container.remove()
-        scale.release(stack, slots, address)
+        scale.release(stack, [container], slots)
         wait.until_healthy(stack, n)
-    names = ", ".join(c.name for c in replicas(stack))
+    names = ", ".join(c.name for c in scale.replicas(stack))
     ok(f"rolled out {n} replicas in {time.monotonic() - started:.0f}s: {names}")
 
 

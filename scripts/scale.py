@@ -18,10 +18,14 @@ from scripts.say import Failure, note, ok, run_main, step
 DRAIN_DEADLINE_S = 30
 
 
+def replicas(stack: Stack) -> list:
+    """The running replicas in Compose's container-number order."""
+    return sorted(project_containers(stack.project, "tiled", all=False),
+                  key=lambda c: int(c.labels.get("com.docker.compose.container-number", 0)))
+
+
 def replicas_to_remove(stack: Stack, target: int):
-    replicas = sorted(project_containers(stack.project, "tiled", all=False),
-                      key=lambda c: int(c.labels.get("com.docker.compose.container-number", 0)))
-    return replicas[target:]  # Compose removes the highest-numbered ones
+    return replicas(stack)[target:]  # Compose removes the highest-numbered ones
 
 
 def drain(stack: Stack, containers) -> list[str]:
@@ -55,11 +59,11 @@ def gone_from_rotation(stack: Stack, addresses: set[str], timeout: float = 15) -
         time.sleep(0.2)
 
 
-def release(stack: Stack, slots: list[str], addresses: set[str]) -> None:
-    """After drained replicas are stopped: once HAProxy no longer counts them, make their slots
-    ready for whoever comes next (a freed slot keeps its admin state, and a drained slot
+def release(stack: Stack, containers, slots: list[str]) -> None:
+    """After the drained containers are stopped: once HAProxy no longer counts them, make their
+    slots ready for whoever comes next (a freed slot keeps its admin state, and a drained slot
     would never get traffic again)."""
-    gone_from_rotation(stack, addresses)
+    gone_from_rotation(stack, {backend_address(c) for c in containers})
     for slot in slots:
         haproxy_stats.admin(stack.project, f"set server {slot} state ready")
 
@@ -74,14 +78,13 @@ def target_count(stack: Stack) -> int:
 
 def scale_to(stack: Stack, target: int) -> None:
     leaving = replicas_to_remove(stack, target)
-    addresses = {backend_address(c) for c in leaving}
     drained = []
     if leaving:
         step(f"draining {len(leaving)} replica(s) in HAProxy: {', '.join(c.name for c in leaving)}")
         drained = drain(stack, leaving)
     step(f"scaling tiled to {target} replicas")
     stack.run("up", "--detach", "--no-deps", "--no-recreate", "--scale", f"tiled={target}", "tiled")
-    release(stack, drained, addresses)
+    release(stack, leaving, drained)
     wait.until_healthy(stack, target)
     ok(f"{target} replicas serving")
 
