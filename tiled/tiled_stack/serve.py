@@ -13,7 +13,12 @@ import sys
 from tiled.config import parse_configs
 
 from tiled_stack import (child_count_batch, dependant_cache, generic_model_cache, input_guards, node_alias_cache,
-                         readiness)
+                         readiness, storage_pool_ping)
+
+# Installed in this order: the CPU fixes (each with its own switch), then readiness,
+# the storage pool's pre-ping and the input guards.
+EXTENSIONS = (dependant_cache, node_alias_cache, generic_model_cache, child_count_batch, readiness,
+              storage_pool_ping, input_guards)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
@@ -50,12 +55,8 @@ def main() -> None:
         sys.exit(78)  # EX_CONFIG
     readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
-    print(f"tiled-stack: {dependant_cache.install()}", flush=True)
-    print(f"tiled-stack: {node_alias_cache.install()}", flush=True)
-    print(f"tiled-stack: {generic_model_cache.install()}", flush=True)
-    print(f"tiled-stack: {child_count_batch.install()}", flush=True)
-    print(f"tiled-stack: {readiness.install()}", flush=True)
-    print(f"tiled-stack: {input_guards.install()}", flush=True)
+    for extension in EXTENSIONS:
+        print(f"tiled-stack: {extension.install()}", flush=True)
     # Tiled's own command line, in this process, so that the fix above applies.
     from tiled.commandline.main import main as tiled_cli
 
