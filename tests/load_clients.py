@@ -26,10 +26,29 @@ def reading_paths(tiled, parent: str) -> list[str]:
         data.write_array(np.arange(128 * 128, dtype="uint16").reshape(128, 128), key="arr")
         frame = pa.table({"seq_num": np.arange(1, 201), "det": np.linspace(0, 1, 200)})
         data.create_appendable_table(frame.schema, key="tbl").append_partition(0, frame)
-    # The table partition is left out until Tiled's storage pool survives a PostgreSQL
-    # restart: its stale connections give 500s to table reads in the tests that follow
-    # (README "Reliability", known gap).
-    return [f"/api/v1/metadata/{parent}", "/api/v1/array/block/load_data/arr?block=0,0"]
+    return [f"/api/v1/metadata/{parent}", "/api/v1/array/block/load_data/arr?block=0,0", TABLE_PATH]
+
+
+TABLE_PATH = "/api/v1/table/partition/load_data/tbl?partition=0"
+
+
+def authorized(url: str, api_key: str, timeout: float) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout)
+
+
+def burst(url: str, api_key: str, path: str, n: int) -> list[object]:
+    """`n` GETs of `path` at once (so a replica's pool hands out `n` connections): statuses or exception names."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(_):
+        with authorized(url, api_key, 30) as c:
+            try:
+                return c.get(path).status_code
+            except httpx.HTTPError as err:
+                return type(err).__name__
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(get, range(n)))
 
 
 class Readers(Background):
@@ -43,7 +62,7 @@ class Readers(Background):
         super().__init__()
 
     def run(self):
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=10) as c:
+        with authorized(self.url, self.api_key, 10) as c:
             while not self.stopping.is_set():
                 t = time.monotonic()
                 try:
@@ -80,7 +99,7 @@ class NodeWriter(Background):
             return type(err).__name__
 
     def run(self):
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+        with authorized(self.url, self.api_key, 30) as c:
             i = 0
             while not self.stopping.is_set():
                 key = f"w{i:05d}"
@@ -91,7 +110,7 @@ class NodeWriter(Background):
 
     def retry_failed(self) -> dict[str, object]:
         """Retry each failed create once: a 409 means the first attempt had landed."""
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Apikey {self.api_key}"}, timeout=30) as c:
+        with authorized(self.url, self.api_key, 30) as c:
             return {key: self.post(c, key) for key, outcome in self.outcomes.items() if outcome != 200}
 
 

@@ -14,25 +14,39 @@ import time
 import httpx
 import pytest
 
-from conftest import make
-from load_clients import NodeWriter, Readers, reading_paths, Scans, incomplete_runs, keys_in_catalog, wait_until
+from conftest import container_addresses, make
+from load_clients import (TABLE_PATH, NodeWriter, Readers, Scans, burst, incomplete_runs, keys_in_catalog,
+                          reading_paths, wait_until)
 from scripts import haproxy_stats
 from scripts.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 
 
-def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key):
+def storage_connections(stack, values) -> int:
+    """Connections to tiled_storage that PostgreSQL has open (the replicas' storage pools)."""
+    import psycopg
+
+    (address,) = container_addresses(stack, "postgres")
+    dsn = f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
+    with psycopg.connect(dsn) as conn:
+        (count,) = conn.execute("select count(*) - 1 from pg_stat_activity where datname = 'tiled_storage'").fetchone()
+    return count
+
+
+def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key, values):
     parent = f"pg_{time.monotonic_ns()}"
     tiled.create_container(parent)
     (postgres,) = project_containers(stack.project, "postgres", all=False)
     replicas = {c.name: c.attrs["State"]["StartedAt"] for c in project_containers(stack.project, "tiled", all=False)}
     n = len(replicas)
-    # Metadata and array reads only: a table read after PostgreSQL's return can still get one
-    # 500 per stale connection in Tiled's storage pool (ADBC connections in a plain QueuePool,
-    # no pre-ping; tiled/storage.py). Known gap, README "Reliability"; not fixed yet.
+    backends = [f"http://{a}:8000" for a in container_addresses(stack, "tiled")]
     with Readers(stack.local_url, api_key, reading_paths(tiled, parent)) as load, \
             NodeWriter(stack.local_url, api_key, parent) as writer:
+        # Fill each replica's storage pool (4 + 4 overflow) with connections that the restart
+        # will leave stale: unless they are pre-pinged, each would fail one table read.
+        filled = [burst(url, api_key, TABLE_PATH, 8) for url in backends]
+        pooled = storage_connections(stack, values)
         time.sleep(3)
         stopped = time.monotonic()
         postgres.stop(timeout=10)
@@ -41,6 +55,7 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
         started = time.monotonic()
         postgres.start()
         back = wait_until(lambda: haproxy_stats.up_count(stack.stats_url) == n, 90, "every replica returning")
+        drained = [burst(url, api_key, TABLE_PATH, 8) for url in backends]
         time.sleep(5)
     after_back = [o for t, _, o in load.results if t > back + 0.5]
     failed = [(t, end, o) for t, end, o in load.results if o != 200]
@@ -58,6 +73,10 @@ def test_replicas_leave_and_rejoin_rotation_with_postgres(stack, tiled, api_key)
           f"after the stop; every replica out of rotation {out - stopped:.1f}s after the stop; PostgreSQL down "
           f"{started - stopped:.1f}s; replicas back in rotation {back - started:.1f}s after its start; "
           f"{len(after_back)} reads after that, statuses {sorted(set(after_back))}")
+    print(f"{pooled} pooled storage connections before the stop; after the return, 8 table reads at once "
+          f"on each replica: statuses {sorted({str(o) for b in drained for o in b})}")
+    assert [set(b) for b in filled] == [{200}] * n and pooled >= n
+    assert [set(b) for b in drained] == [{200}] * n, "a stale storage connection failed a table read"
     assert set(before_stop) == {200}
     assert failed and all(end >= stopped and t <= back + 0.5 for t, end, _ in failed), "failures outside the outage"
     assert set(after_back) == {200}, "5xx after PostgreSQL was back"
