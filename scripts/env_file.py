@@ -17,7 +17,8 @@ EXAMPLE = ROOT / ".env.example"
 LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 URL_SAFE = re.compile(r"^[A-Za-z0-9_.~-]+$")
 # The per-replica CPU fixes' on/off switches (tiled/tiled_stack/; each module names its own).
-CPU_FIXES = ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE", "PYDANTIC_GENERIC_CACHE", "CHILD_COUNT_BATCH")
+CPU_FIXES = ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE", "PYDANTIC_GENERIC_CACHE", "CHILD_COUNT_BATCH",
+             "PLAIN_MIDDLEWARE")
 
 
 def env_path() -> Path:

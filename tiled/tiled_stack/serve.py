@@ -13,12 +13,12 @@ import sys
 from tiled.config import parse_configs
 
 from tiled_stack import (child_count_batch, dependant_cache, generic_model_cache, input_guards, node_alias_cache,
-                         readiness, storage_pool_ping)
+                         plain_middleware, readiness, storage_pool_ping)
 
 # Installed in this order: the CPU fixes (each with its own switch), then readiness,
 # the storage pool's pre-ping and the input guards.
-EXTENSIONS = (dependant_cache, node_alias_cache, generic_model_cache, child_count_batch, readiness,
-              storage_pool_ping, input_guards)
+EXTENSIONS = (dependant_cache, node_alias_cache, generic_model_cache, child_count_batch, plain_middleware,
+              readiness, storage_pool_ping, input_guards)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 

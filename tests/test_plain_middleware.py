@@ -1,0 +1,143 @@
+"""Fast tier: Tiled's six HTTP middlewares as one plain ASGI layer answer exactly as the six do.
+
+Two apps of the same configuration run in one process, Tiled's own and one with
+tiled_stack.plain_middleware attached; the same requests go to both. Status,
+body and every header must be equal in value and order, except the random CSRF
+token, Server-Timing's durations, the request id, dates and nodes' creation times. Covered: the CSRF check
+(no token, wrong token, right token), the client version check, a cookie set by a
+dependency (`?api_key=`), an error raised in a route, the Prometheus counts each
+request adds, and the principal the access log sees when the response starts.
+"""
+
+from conftest import probe_tiled_stack
+
+PROBE = r"""
+import json, re, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from prometheus_client import REGISTRY
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.testclient import TestClient
+import tiled.server.app as tiled_app
+from tiled.utils import UNSET
+from tiled_stack import plain_middleware
+
+
+def build(plain):
+    d = tempfile.mkdtemp()
+    config = {"authentication": {"single_user_api_key": "k"},
+              "trees": [{"path": "/", "tree": "catalog",
+                         "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
+                                  "writable_storage": [f"file://{d}/data"]}}]}
+    app = tiled_app.build_app_from_config(config)
+
+    async def boom():
+        raise RuntimeError("boom")
+
+    app.add_api_route("/boom", boom)
+    if plain:
+        plain_middleware.attach(app)
+    seen = []
+
+    def outermost(inner):  # where uvicorn writes its access log line: at the response start
+        async def asgi(scope, receive, send):
+            async def send_and_look(message):
+                if message["type"] == "http.response.start":
+                    principal = tiled_app.current_principal.get(UNSET)
+                    seen.append(repr(principal))
+                await send(message)
+            await inner(scope, receive, send_and_look)
+        return asgi
+
+    return app, outermost, seen
+
+
+def count(code, endpoint):
+    return sum(s.value for m in REGISTRY.collect() if m.name == "tiled_request_duration_seconds"
+               for s in m.samples if s.name.endswith("_count") and s.labels.get("code") == code)
+
+
+def masked(headers):
+    out = []
+    for k, v in headers:
+        if k == "set-cookie" and v.startswith("tiled_csrf="):
+            v = re.sub(r"=[^;]*", "=TOKEN", v, count=1)
+        elif k == "server-timing":
+            v = re.sub(r"dur=[0-9.]+", "dur=T", v)
+        elif k in ("x-tiled-request-id", "expires", "date"):
+            v = "VARIES"
+        out.append([k, v])
+    return out
+
+
+KEY = {"Authorization": "Apikey k"}
+NODE = {"structure_family": "container", "specs": [], "data_sources": [], "metadata": {"a": 1}}
+REQUESTS = [
+    ("GET", "/healthz", {}),
+    ("GET", "/api/v1/", {}),
+    ("GET", "/api/v1/metadata/", {"headers": KEY}),
+    ("POST", "/api/v1/metadata/", {"headers": KEY, "json": {**NODE, "id": "x"}}),
+    ("GET", "/api/v1/metadata/x", {"headers": KEY}),
+    ("GET", "/api/v1/search/?page[limit]=1", {"headers": KEY}),
+    ("GET", "/api/v1/metadata/x?api_key=k", {}),
+    ("GET", "/api/v1/metadata/nope", {"headers": KEY}),
+    ("GET", "/api/v1/metadata/x", {}),
+    ("GET", "/api/v1/metadata/x", {"headers": {"Authorization": "Apikey wrong"}}),
+    ("GET", "/api/v1/metadata/x", {"headers": {**KEY, "User-Agent": "python-tiled/0.1.0a50"}}),
+    ("GET", "/api/v1/metadata/x", {"headers": {**KEY, "User-Agent": "python-tiled/not-a-version"}}),
+    ("POST", "/api/v1/metadata/", {"cookies": {"tiled_api_key": "k"}, "json": {**NODE, "id": "y"}}),
+    ("POST", "/api/v1/metadata/", {"cookies": {"tiled_api_key": "k", "tiled_csrf": "abc"},
+                                   "json": {**NODE, "id": "y"}}),
+    ("POST", "/api/v1/metadata/", {"cookies": {"tiled_api_key": "k", "tiled_csrf": "abc"},
+                                   "headers": {"x-csrf": "xyz"}, "json": {**NODE, "id": "y"}}),
+    ("POST", "/api/v1/metadata/", {"cookies": {"tiled_api_key": "k", "tiled_csrf": "abc"},
+                                   "headers": {"x-csrf": "abc"}, "json": {**NODE, "id": "y"}}),
+    ("GET", "/api/v1/metadata/y", {"cookies": {"tiled_csrf": "abc"}, "headers": KEY}),
+    ("GET", "/boom", {}),
+]
+answers = {}
+for plain in (False, True):
+    app, outermost, seen = build(plain)
+    names = [m.kwargs["dispatch"].__name__ for m in app.user_middleware if m.cls is BaseHTTPMiddleware]
+    rows = []
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.middleware_stack = outermost(app.build_middleware_stack())
+        for method, path, kwargs in REQUESTS:
+            client.cookies.clear()
+            before = {c: count(c, None) for c in ("200", "400", "403", "500")}
+            r = client.request(method, path, **kwargs)
+            added = {c: count(c, None) - n for c, n in before.items() if count(c, None) != n}
+            body = re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+", "TIME", r.text)  # nodes' creation times
+            rows.append([method, path, r.status_code, body, masked(r.headers.multi_items()), added])
+    answers[plain] = {"middlewares": names, "rows": rows, "principals": seen}
+print(json.dumps(answers))
+"""
+
+
+def test_one_plain_layer_answers_like_tiled_s_six():
+    out = probe_tiled_stack(PROBE)
+    upstream, plain = out["false"], out["true"]
+    assert len(upstream["middlewares"]) == 6 and plain["middlewares"] == []
+    assert len(plain["rows"]) == len(upstream["rows"]) == 18
+    for ours, theirs in zip(plain["rows"], upstream["rows"]):
+        assert ours == theirs
+    statuses = [row[2] for row in upstream["rows"]]
+    assert {200, 400, 401, 403, 404, 500} <= set(statuses), statuses  # each path above was taken
+    cookies = [[v for k, v in row[4] if k == "set-cookie"] for row in upstream["rows"]]
+    assert any(v.startswith("tiled_api_key=k") for c in cookies for v in c)  # set by a dependency
+    assert plain["principals"] == upstream["principals"] and "SingleUserPrincipal" in "".join(upstream["principals"])
+
+
+SWITCH_PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from tiled_stack import app_hooks, plain_middleware
+print(json.dumps({"status": plain_middleware.install(), "hooks": len(app_hooks._hooks)}))
+"""
+
+
+def test_switch_off_leaves_tiled_s_middlewares():
+    off = probe_tiled_stack(SWITCH_PROBE, {"PLAIN_MIDDLEWARE": "off"})
+    assert off == {"status": "plain middleware off (PLAIN_MIDDLEWARE=off; Tiled's 6 BaseHTTPMiddleware layers)",
+                   "hooks": 0}
+    on = probe_tiled_stack(SWITCH_PROBE, {"PLAIN_MIDDLEWARE": "on"})
+    assert on == {"status": "plain middleware on (6 BaseHTTPMiddleware layers → 1 ASGI layer)", "hooks": 1}
