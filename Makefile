@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout backup restore demo serve migrate bench test test-fast lock
+.PHONY: help venv env images up down clean status logs scale rollout backup restore demo serve migrate bench bench-switches test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -59,6 +59,9 @@ demo: venv ## Write a Bluesky scan + image count through TiledWriter and print t
 
 bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=dir)
 	@$(RUN) scripts.bench
+
+bench-switches: venv ## What each CPU fix is worth: side replicas, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min)
+	@$(RUN) scripts.bench_switches
 
 test: venv ## Run the whole test suite (fast tier, then a live stack of its own)
 	@$(VENV) -m pytest
