@@ -147,6 +147,20 @@ def probe_tiled_stack(code: str, env: dict | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# Source for a probe: `sqlite_app(folder=None, **tree_args)` builds Tiled's app on an SQLite
+# catalog in `folder` (a new temporary one by default), single-user API key "k".
+SQLITE_APP = r"""
+def sqlite_app(folder=None, **tree_args):
+    import tempfile
+    import tiled.server.app as tiled_app
+    d = folder or tempfile.mkdtemp()
+    args = {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True, "writable_storage": [f"file://{d}/data"],
+            **tree_args}
+    return tiled_app.build_app_from_config({"authentication": {"single_user_api_key": "k"},
+                                            "trees": [{"path": "/", "tree": "catalog", "args": args}]})
+"""
+
+
 def container_addresses(stack, service):
     """Address on the stack's backend network → container, for reaching behind HAProxy."""
     from scripts.docker_api import backend_address, project_containers

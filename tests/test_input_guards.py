@@ -4,9 +4,9 @@ In-process against Tiled with an SQLite catalog; the same requests through
 HAProxy are in tests/test_bad_input_live.py.
 """
 
-from conftest import probe_tiled_stack
+from conftest import SQLITE_APP, probe_tiled_stack
 
-PROBE = r"""
+PROBE = SQLITE_APP + r"""
 import json, os, sys, tempfile
 sys.path.insert(0, sys.argv[1])
 d = tempfile.mkdtemp()
@@ -14,13 +14,8 @@ os.makedirs(f"{d}/detectors")
 os.environ["TILED_CATALOG_READABLE_STORAGE"] = json.dumps([f"{d}/detectors"])
 from tiled_stack import input_guards
 status = input_guards.install()
-import tiled.server.app as tiled_app
 from starlette.testclient import TestClient
-config = {"authentication": {"single_user_api_key": "k"},
-          "trees": [{"path": "/", "tree": "catalog",
-                     "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
-                              "writable_storage": [f"file://{d}/data"], "readable_storage": [f"{d}/detectors"]}}]}
-app = tiled_app.build_app_from_config(config)
+app = sqlite_app(d, readable_storage=[f"{d}/detectors"])
 def node(key, uri):
     return {"id": key, "structure_family": "array", "specs": [], "metadata": {}, "data_sources": [{
         "structure_family": "array", "mimetype": "image/tiff", "parameters": {}, "management": "external",

@@ -9,10 +9,10 @@ dependency (`?api_key=`), an error raised in a route, the Prometheus counts each
 request adds, and the principal the access log sees when the response starts.
 """
 
-from conftest import probe_tiled_stack
+from conftest import SQLITE_APP, probe_tiled_stack
 
-PROBE = r"""
-import json, re, sys, tempfile
+PROBE = SQLITE_APP + r"""
+import json, re, sys
 sys.path.insert(0, sys.argv[1])
 from prometheus_client import REGISTRY
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -23,12 +23,7 @@ from tiled_stack import plain_middleware
 
 
 def build(plain):
-    d = tempfile.mkdtemp()
-    config = {"authentication": {"single_user_api_key": "k"},
-              "trees": [{"path": "/", "tree": "catalog",
-                         "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
-                                  "writable_storage": [f"file://{d}/data"]}}]}
-    app = tiled_app.build_app_from_config(config)
+    app = sqlite_app()
 
     async def boom():
         raise RuntimeError("boom")

@@ -4,21 +4,15 @@ The failure path (PostgreSQL gone → 503 → out of HAProxy's rotation) is in
 tests/test_resilience_live.py, against the real stack.
 """
 
-from conftest import probe_tiled_stack
+from conftest import SQLITE_APP, probe_tiled_stack
 
-PROBE = r"""
-import json, sys, tempfile
+PROBE = SQLITE_APP + r"""
+import json, sys
 sys.path.insert(0, sys.argv[1])
 from tiled_stack import readiness
 status = readiness.install()
-import tiled.server.app as tiled_app
 from starlette.testclient import TestClient
-d = tempfile.mkdtemp()
-config = {"authentication": {"single_user_api_key": "k"},
-          "trees": [{"path": "/", "tree": "catalog",
-                     "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
-                              "writable_storage": [f"file://{d}/data"]}}]}
-app = tiled_app.build_app_from_config(config)
+app = sqlite_app()
 engine = app.state.root_tree.context.engine
 with TestClient(app) as client:
     ready, head = client.get("/readyz"), client.head("/readyz")
