@@ -168,6 +168,12 @@ def container_addresses(stack, service):
     return {backend_address(c): c for c in project_containers(stack.project, service, all=False)}
 
 
+def storage_dsn(stack, values) -> str:
+    """The tiled_storage database, as its own role, at the stack's PostgreSQL."""
+    (address,) = container_addresses(stack, "postgres")
+    return f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
+
+
 def rows_in_storage(stack, values, node, columns: str) -> list[tuple]:
     """The rows of an appendable table, read with psycopg as the tiled_storage role.
 
@@ -178,9 +184,7 @@ def rows_in_storage(stack, values, node, columns: str) -> list[tuple]:
     (source,) = node.data_sources()
     assert [a.data_uri for a in source.assets] == ["postgresql://postgres:5432/tiled_storage"]
     table, dataset = source.parameters["table_name"], source.parameters["dataset_id"]
-    (address,) = container_addresses(stack, "postgres")
-    dsn = f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(storage_dsn(stack, values)) as conn:
         return conn.execute(f'select {columns} from "{table}" where _dataset_id = %s', (dataset,)).fetchall()
 
 

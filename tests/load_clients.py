@@ -18,6 +18,9 @@ from benchmarks.load import Background
 from scripts.acquire import devices, writing_engine
 
 
+TABLE_PATH = "/api/v1/table/partition/load_data/tbl?partition=0"
+
+
 def reading_paths(tiled, parent: str) -> list[str]:
     """What Readers read in turn: `parent`'s metadata, an array chunk and a table partition
     (the array and the table are made once per stack, in /load_data)."""
@@ -27,9 +30,6 @@ def reading_paths(tiled, parent: str) -> list[str]:
         frame = pa.table({"seq_num": np.arange(1, 201), "det": np.linspace(0, 1, 200)})
         data.create_appendable_table(frame.schema, key="tbl").append_partition(0, frame)
     return [f"/api/v1/metadata/{parent}", "/api/v1/array/block/load_data/arr?block=0,0", TABLE_PATH]
-
-
-TABLE_PATH = "/api/v1/table/partition/load_data/tbl?partition=0"
 
 
 def authorized(url: str, api_key: str, timeout: float) -> httpx.Client:

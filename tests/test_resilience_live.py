@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import container_addresses, make
+from conftest import container_addresses, make, storage_dsn
 from load_clients import (TABLE_PATH, NodeWriter, Readers, Scans, burst, incomplete_runs, keys_in_catalog,
                           reading_paths, wait_until)
 from scripts import haproxy_stats
@@ -27,9 +27,7 @@ def storage_connections(stack, values) -> int:
     """Connections to tiled_storage that PostgreSQL has open (the replicas' storage pools)."""
     import psycopg
 
-    (address,) = container_addresses(stack, "postgres")
-    dsn = f"postgresql://tiled_storage:{values['STORAGE_DB_PASSWORD']}@{address}:5432/tiled_storage"
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(storage_dsn(stack, values)) as conn:
         (count,) = conn.execute("select count(*) - 1 from pg_stat_activity where datname = 'tiled_storage'").fetchone()
     return count
 

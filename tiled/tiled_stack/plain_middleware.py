@@ -111,7 +111,6 @@ class TiledHTTPLayers:
                                                           request)
                 csrf_cookies = [v.decode("latin-1") for k, v in placeholder.raw_headers if k == b"set-cookie"]
             if early is not None:
-                csrf_cookies = []
                 await early(scope, receive, send_through_layers)
             else:
                 await self.app(scope, receive, send_through_layers)
