@@ -12,13 +12,14 @@ import sys
 
 from tiled.config import parse_configs
 
-from tiled_stack import (child_count_batch, dependant_cache, generic_model_cache, input_guards, node_alias_cache,
-                         plain_middleware, readiness, storage_pool_ping)
+from tiled_stack import (child_count_batch, dependant_cache, front_door, generic_model_cache, input_guards,
+                         node_alias_cache, plain_middleware, readiness, storage_pool_ping)
 
 # Installed in this order: the CPU fixes (each with its own switch), then readiness,
-# the storage pool's pre-ping and the input guards.
+# the storage pool's pre-ping, the input guards and, outermost, the front door (it
+# checks credentials before any layer reads a body).
 EXTENSIONS = (dependant_cache, node_alias_cache, generic_model_cache, child_count_batch, plain_middleware,
-              readiness, storage_pool_ping, input_guards)
+              readiness, storage_pool_ping, input_guards, front_door)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
