@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout backup restore demo serve migrate bench bench-switches test test-fast lock
+.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,9 @@ logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init)
 
 scale: venv ## Change the replica count live: make scale N=4
 	@$(RUN) scripts.scale $(N)
+
+reload-tls: venv ## Serve a renewed TLS certificate (TILED_TLS_CERT) without dropping a connection
+	@$(RUN) scripts.tls
 
 rollout: venv ## Replace every replica one at a time (new image/config), drained first: no failed request
 	@$(RUN) scripts.rollout

@@ -53,9 +53,13 @@ def writing_engine(client, *, main_thread: bool = False) -> RunEngine:
     return engine
 
 
-def acquire(url: str, api_key: str, points: int = 11, frames: int = 3, documents: list | None = None):
-    """Run the scan and the count; return their uids. `documents` collects every document emitted."""
-    engine = writing_engine(from_uri(url, api_key=api_key), main_thread=True)
+def acquire(url: str, api_key: str, points: int = 11, frames: int = 3, documents: list | None = None,
+            verify: str | bool = True):
+    """Run the scan and the count; return their uids. `documents` collects every document emitted.
+
+    `verify`: the CA file an https:// stack's certificate is checked against (True: the system's).
+    """
+    engine = writing_engine(from_uri(url, api_key=api_key, verify=verify), main_thread=True)
     if documents is not None:
         engine.subscribe(lambda name, doc: documents.append((name, doc)))
     motor, det, camera = devices()
@@ -71,8 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     stack = Stack()
     step(f"running a {args.points}-point scan and a {args.frames}-frame image count into {stack.url}")
-    uids = acquire(stack.local_url, stack.values["TILED_SINGLE_USER_API_KEY"], args.points, args.frames)
-    client = from_uri(stack.local_url, api_key=stack.values["TILED_SINGLE_USER_API_KEY"])
+    uids = acquire(stack.local_url, stack.values["TILED_SINGLE_USER_API_KEY"], args.points, args.frames,
+                   verify=stack.verify)
+    client = from_uri(stack.local_url, api_key=stack.values["TILED_SINGLE_USER_API_KEY"], verify=stack.verify)
     for uid in uids:
         run = client[uid]
         streams = ", ".join(run)

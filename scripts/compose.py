@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scripts import env_file
+from scripts import env_file, tls
 from scripts.say import Failure
 
 ROOT = env_file.ROOT
@@ -54,8 +54,8 @@ def readable_paths(values: dict[str, str]) -> list[str]:
 class Stack:
     """One Compose project: its env file, its values and its compose invocation."""
 
-    def __init__(self, values: dict[str, str] | None = None):
-        self.env_path = env_file.env_path()
+    def __init__(self, values: dict[str, str] | None = None, env_path: Path | None = None):
+        self.env_path = env_path or env_file.env_path()
         if values is None:
             if not self.env_path.exists():
                 raise Failure(f"{self.env_path} does not exist", "run `make up` to create it (or `make env`)")
@@ -67,16 +67,28 @@ class Stack:
         self.port = int(values.get("TILED_PORT", "8000"))
         self.bind_address = values.get("TILED_BIND_ADDRESS", "127.0.0.1")
         self.stats_port = int(values.get("HAPROXY_STATS_PORT", "8404"))
+        self.tls = tls.mode(values)
+        self.scheme = "https" if self.tls == "on" else "http"
+        self.tls_dir = tls.folder(self.env_path)
+        # With TLS on, plain http:// on this port is redirected to https:// ("off": not served at all).
+        http_port = values.get("TILED_HTTP_PORT") or "8080"
+        self.http_port = int(http_port) if self.tls == "on" and http_port != "off" else None
 
     @property
     def url(self) -> str:
         host = "localhost" if self.bind_address in ("127.0.0.1", "0.0.0.0") else self.bind_address
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def local_url(self) -> str:
         host = "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def verify(self) -> str | bool:
+        """What a client on this host passes as `verify=`: our CA if we made the certificate."""
+        ca = self.tls_dir / "ca.pem"
+        return str(ca) if self.tls == "on" and not self.values.get("TILED_TLS_CERT") and ca.exists() else True
 
     @property
     def stats_url(self) -> str:
@@ -90,7 +102,17 @@ class Stack:
         paths = readable_paths(self.values)
         if paths:
             files.append(self.write_readable_overlay(paths))
+        if self.tls == "on":
+            files.append(self.write_tls_overlay())
         return files
+
+    def write_tls_overlay(self) -> Path:
+        """HAProxy's certificate folder, and the plain-HTTP redirect port if TILED_HTTP_PORT is set."""
+        haproxy = {"volumes": [{"type": "bind", "source": str(self.tls_dir / "served"),
+                                "target": "/etc/haproxy/tls", "read_only": True}]}
+        if self.http_port:
+            haproxy["ports"] = [f"{self.bind_address}:{self.http_port}:8080"]
+        return self.write_overlay("compose.tls.yaml", "TILED_TLS=on", {"services": {"haproxy": haproxy}})
 
     def write_readable_overlay(self, paths: list[str]) -> Path:
         # JSON is valid YAML, and quotes every path safely.
@@ -104,9 +126,12 @@ class Stack:
                 }
             }
         }
-        target = STATE / self.project / "compose.readable.yaml"
+        return self.write_overlay("compose.readable.yaml", "TILED_READABLE_STORAGE", overlay)
+
+    def write_overlay(self, name: str, source: str, overlay: dict) -> Path:
+        target = STATE / self.project / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("# Derived from TILED_READABLE_STORAGE by scripts/compose.py; do not edit.\n"
+        target.write_text(f"# Derived from {source} by scripts/compose.py; do not edit.\n"
                           + json.dumps(overlay, indent=2) + "\n")
         return target
 

@@ -74,9 +74,15 @@ def validate(values: dict[str, str], path: Path) -> None:
             raise Failure(f"{key} in {path} has characters that break a database URL",
                           "use only letters, digits and _.~- (or delete the line and rerun `make up` to generate one)")
     for key in ("TILED_REPLICAS", "TILED_MAX_REPLICAS", "TILED_PORT", "HAPROXY_STATS_PORT",
-                "HAPROXY_MAXCONN_PER_REPLICA", "HAPROXY_MAX_BODY_BYTES"):
+                "HAPROXY_MAXCONN_PER_REPLICA", "HAPROXY_MAX_BODY_BYTES", "HAPROXY_AUTH_FAIL_LIMIT"):
         if key in values and not values[key].isdigit():
             raise Failure(f"{key}={values[key]!r} in {path} is not a whole number", f"fix it in {path}")
+    if values.get("TILED_HTTP_PORT", "off") != "off" and not values["TILED_HTTP_PORT"].isdigit():
+        raise Failure(f"TILED_HTTP_PORT={values['TILED_HTTP_PORT']!r} in {path} is not a port number or off",
+                      f"fix it in {path}")
+    if not re.fullmatch(r"\d+[smh]", values.get("HAPROXY_AUTH_FAIL_WINDOW", "30s")):
+        raise Failure(f"HAPROXY_AUTH_FAIL_WINDOW={values['HAPROXY_AUTH_FAIL_WINDOW']!r} in {path} is not a duration",
+                      f"write it as HAProxy does, e.g. 30s, 5m or 1h, in {path}")
     if int(values.get("HAPROXY_MAX_BODY_BYTES", "1")) > 999_999_999:
         raise Failure(f"HAPROXY_MAX_BODY_BYTES in {path} is above 999999999 (HAProxy 2.6's 32-bit comparison)",
                       f"set it to 999999999 or less in {path}")

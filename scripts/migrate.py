@@ -39,7 +39,7 @@ def main() -> None:
     stack = Stack()
     step(f"copying Bluesky runs from {source_url} into {stack.url}")
     source = from_uri(source_url, api_key=source_key)
-    target = from_uri(stack.local_url, api_key=stack.values["TILED_SINGLE_USER_API_KEY"])
+    target = from_uri(stack.local_url, api_key=stack.values["TILED_SINGLE_USER_API_KEY"], verify=stack.verify)
     copied, skipped = migrate(source, target)
     for uid in copied:
         note(f"copied {uid}")

@@ -7,7 +7,7 @@ import errno
 import socket
 import time
 
-from scripts import build_images, env_file, timings, wait
+from scripts import build_images, env_file, timings, tls, wait
 from scripts.compose import Stack
 from scripts.docker_api import project_containers
 from scripts.say import Failure, note, ok, run_main, step
@@ -42,8 +42,12 @@ def check_port_free(stack: Stack, address: str, port: int, key: str) -> None:
 def main() -> None:
     started = time.monotonic()
     stack = Stack(env_file.ensure())
+    tls.check_exposure(stack.values, stack.env_path)
     check_port_free(stack, stack.bind_address, stack.port, "TILED_PORT")
+    if stack.http_port:
+        check_port_free(stack, stack.bind_address, stack.http_port, "TILED_HTTP_PORT")
     check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
+    ca = tls.ensure(stack.values, stack.env_path)
     build_images.main()
     images_ready = time.monotonic()
     running = len(project_containers(stack.project, all=False))
@@ -55,7 +59,9 @@ def main() -> None:
     ok(f"Tiled is up at {stack.url}  ({stack.replicas} replicas behind HAProxy)")
     note(f"API key:   TILED_SINGLE_USER_API_KEY in {stack.env_path}  "
          f"(grep TILED_SINGLE_USER_API_KEY {stack.env_path})")
-    note(f"try:       curl -H \"Authorization: Apikey $KEY\" {stack.url}/api/v1/metadata/")
+    cacert = f"--cacert {ca} " if ca else ""
+    note(f"try:       curl {cacert}-H \"Authorization: Apikey $KEY\" {stack.url}/api/v1/metadata/")
+    tls.trust_hint(ca, stack.url)
     note(f"HAProxy:   {stack.stats_url}/stats   metrics: {stack.stats_url}/metrics")
     note("next:      make status | make logs | make scale N=… | make down")
 

@@ -120,11 +120,25 @@ def test_secrets_are_in_no_command_or_healthcheck(env_path):
             assert values[key] not in text, f"{key} appears in {name}'s command or healthcheck"
 
 
-def test_haproxy_config_is_valid_for_this_haproxy(images):
+def haproxy_environment() -> list[str]:
+    """HAProxy's variables as compose.yaml gives them, with their defaults, as `docker run -e` flags."""
+    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    flags = []
+    for name, value in spec["services"]["haproxy"]["environment"].items():
+        default = re.fullmatch(r"\$\{\w+:-(.*)\}", str(value))
+        flags += ["-e", f"{name}={default.group(1) if default else value}"]
+    return flags
+
+
+@pytest.mark.parametrize("tls", ["off", "on", "external"])
+def test_haproxy_config_is_valid_for_this_haproxy(images, tls):
+    # With TLS on, the check needs a certificate where entrypoint.py puts it: a throwaway one.
+    make_certificate = ("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+                        "-subj /CN=check -keyout /run/haproxy/tiled.pem -out /tmp/c.pem 2>/dev/null "
+                        "&& cat /tmp/c.pem >> /run/haproxy/tiled.pem && ")
     done = subprocess.run(
-        ["docker", "run", "--rm", "-e", "TILED_MAX_REPLICAS=8", "-e", "HAPROXY_MAXCONN_PER_REPLICA=4",
-         "-e", "HAPROXY_MAX_BODY_BYTES=999999999",
-         "tiled-stack/haproxy:2.6", "haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg"],
+        ["docker", "run", "--rm", *haproxy_environment(), "-e", f"TILED_TLS={tls}", "tiled-stack/haproxy:2.6",
+         "sh", "-c", (make_certificate if tls == "on" else "") + "haproxy -c -f /etc/haproxy/haproxy.cfg"],
         capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Configuration file is valid" in done.stdout + done.stderr
