@@ -26,7 +26,7 @@ def public_app():
                                                              "writable_storage": [f"file://{d}/data"]}}]})
 MiB = 1024 * 1024
 
-async def call(app, method, path, headers, chunks, query=b""):
+async def call(app, method, path, headers, chunks, query=b"", content_type=b"application/json"):
     # An endless (or long) chunked body: the test counts how many chunks the app pulled.
     pulled = {"n": 0}
     sent = []
@@ -40,7 +40,7 @@ async def call(app, method, path, headers, chunks, query=b""):
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
              "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query,
              "headers": [(b"host", b"test"), (b"transfer-encoding", b"chunked"),
-                         (b"content-type", b"application/json"), *headers],
+                         (b"content-type", content_type), *headers],
              "client": ("127.0.0.1", 1), "server": ("test", 80)}
     await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
@@ -53,7 +53,7 @@ endless = 10_000  # 10 GiB, were it read
 out = {"status": status}
 if PUBLIC:  # Tiled's settings are process-wide: one app per probe
     with TestClient(public_app()) as c:
-        out["anonymous read with a body over 64 KiB, anonymous access on"] = c.portal.call(
+        out["anonymous read with a body over 8 KiB, anonymous access on"] = c.portal.call(
             lambda: call(c.app, "POST", "/api/v1/container/full/", [], endless))
     print(json.dumps(out))
     sys.exit()
@@ -67,14 +67,27 @@ with TestClient(app, raise_server_exceptions=False) as c:
     out["forged token"] = run("PATCH", "/api/v1/metadata/x", [(b"authorization", b"Bearer abc.def.ghi")], endless)
     out["wrong cookie"] = run("POST", "/api/v1/metadata/", [(b"cookie", b"tiled_api_key=nope")], endless)
     out["good key, JSON over the cap"] = run("POST", "/api/v1/metadata/", [(b"authorization", b"Apikey k")], endless)
+    out["good key, metadata as text over the cap"] = run("PATCH", "/api/v1/metadata/ok", [
+        (b"authorization", b"Apikey k")], endless, content_type=b"text/plain")
     key = {"Authorization": "Apikey k"}
     r = c.post("/api/v1/metadata/", headers=key, json={"id": "ok", "structure_family": "container", "specs": [],
                                                       "data_sources": [], "metadata": {"a": 1}})
     out["good key, small JSON"] = r.status_code
+    array = {"data_type": {"endianness": "not_applicable", "kind": "u", "itemsize": 1, "dt_units": None},
+             "chunks": [[20 * MiB]], "shape": [20 * MiB], "dims": None, "resizable": False}
+    c.post("/api/v1/metadata/", headers=key, json={
+        "id": "arr", "structure_family": "array", "specs": [], "metadata": {}, "data_sources": [{
+            "structure_family": "array", "mimetype": "application/x-zarr", "parameters": {},
+            "management": "writable", "assets": [], "structure": array}]}).raise_for_status()
+    out["good key, array upload of 20 MiB"] = run("PUT", "/api/v1/array/full/arr", [(b"authorization", b"Apikey k")],
+                                                  20, content_type=b"application/octet-stream")
     out["no key, no body"] = c.get("/api/v1/metadata/").status_code
-    out["check"] = [c.get("/_front_door/credentials", headers=h).status_code
+    check = {"X-Tiled-Front-Door": "check"}
+    out["check"] = [c.get("/_front_door/credentials", headers={**check, **h}).status_code
                     for h in ({"Authorization": "Apikey k"}, {"Authorization": "Apikey nope"}, {},
                               {"Authorization": "Apikey å".encode()}, {"Cookie": "tiled_api_key=k"})]
+    out["check without HAProxy's header"] = c.get("/_front_door/credentials",
+                                                  headers={"Authorization": "Apikey k"}).status_code
     out["keys"] = [d["id"] for d in c.get("/api/v1/search/", headers=key).json()["data"]]
 print(json.dumps(out))
 """
@@ -87,18 +100,22 @@ def test_bodies_wait_for_accepted_credentials_and_are_capped():
     for name in ("no key", "wrong key", "wrong key (query)", "non-ASCII key", "forged token", "wrong cookie"):
         assert out[name]["status"] == 401, (name, out[name])
         assert out[name]["chunks_read"] == 0, f"{name}: the body was read before the credentials were checked"
-    capped = out["good key, JSON over the cap"]
-    assert capped["status"] == 413 and capped["chunks_read"] == 9, capped  # 8 MiB, then one chunk more
-    assert "JSON bodies are limited to 8388608 bytes" in capped["detail"]
+    for name in ("good key, JSON over the cap", "good key, metadata as text over the cap"):
+        capped = out[name]
+        assert capped["status"] == 413 and capped["chunks_read"] == 9, (name, capped)  # 8 MiB, then one chunk more
+        assert "bodies of this route are limited to 8388608 bytes" in capped["detail"]
+    upload = out["good key, array upload of 20 MiB"]
+    assert upload["chunks_read"] == 20 and upload["status"] == 200, upload  # data uploads go past 8 MiB
     assert out["good key, small JSON"] == 200
     assert out["no key, no body"] == 401
     assert out["check"] == [204, 401, 401, 401, 204], "HAProxy's credentials check (credentials.lua)"
-    assert out["keys"] == ["ok"], "refused requests must change nothing"
+    assert out["check without HAProxy's header"] == 404
+    assert out["keys"] == ["ok", "arr"], "refused requests must change nothing"
 
 
 
 def test_anonymous_bodies_are_capped_where_anonymous_access_is_allowed():
     out = probe_tiled_stack("PUBLIC = True\n" + PROBE)
-    public = out["anonymous read with a body over 64 KiB, anonymous access on"]
+    public = out["anonymous read with a body over 8 KiB, anonymous access on"]
     assert public["status"] == 413 and public["chunks_read"] == 1, public
-    assert "bodies without credentials are limited to 65536 bytes" in public["detail"]
+    assert "bodies without credentials are limited to 8192 bytes" in public["detail"]

@@ -6,8 +6,10 @@ credentials, on every route whose body is a FastAPI parameter (`POST /metadata`,
 replica OOM-killed. Here, as the outermost ASGI layer:
 
 0. `GET /_front_door/credentials` answers 204 if the request's credentials would be
-   accepted, else 401, from the head alone. HAProxy asks it before it lets a body through
-   (haproxy/credentials.lua), so a body with bad credentials never reaches a replica.
+   accepted, else 401, from the head alone. HAProxy asks it before it lets a body or a
+   websocket through (haproxy/credentials.lua), so a body with bad credentials never
+   reaches a replica. Only HAProxy's check backend sets CHECK_HEADER (its public frontend
+   strips it); without it the route is Tiled's (a 404).
 1. A request that carries a body (any method, `Content-Length` > 0 or
    `Transfer-Encoding`) must carry a credential Tiled accepts: the single-user API key,
    an API key of the authentication database, or an access token Tiled signed. The
@@ -19,10 +21,13 @@ replica OOM-killed. Here, as the outermost ASGI layer:
    Exceptions: the login and token routes (`/api/v1/auth/…`), and every route when the
    server allows anonymous access; their bodies are capped at ANONYMOUS_BODY_BYTES.
 2. Every body is counted as it streams in, never buffered here. Past its cap it gets a
-   413 and the app sees the client leave: ANONYMOUS_BODY_BYTES without a credential,
-   JSON_BODY_BYTES for JSON (FastAPI holds a parsed JSON body in memory several times
-   over), else HAPROXY_MAX_BODY_BYTES, the limit HAProxy applies to declared lengths,
-   which chunked uploads would otherwise escape. Both limits come from compose.yaml
+   413 and the app sees the client leave: ANONYMOUS_BODY_BYTES without a credential;
+   HAPROXY_MAX_BODY_BYTES (the limit HAProxy applies to declared lengths, which chunked
+   uploads would otherwise escape) for the raw data uploads, PUT and PATCH of arrays,
+   tables, ragged and awkward arrays and nodes; JSON_BODY_BYTES for every other body:
+   FastAPI reads those whole, whatever their content type, and holds a parsed JSON body
+   in memory several times over (so does input_guards.py, for POST /metadata and
+   /register). Both limits come from compose.yaml
    (x-body-limits), the same values HAProxy uses.
 
 A non-ASCII API key is an invalid key here (Tiled's `secrets.compare_digest` raises
@@ -37,8 +42,10 @@ import os
 from tiled_stack import app_hooks
 
 CHECK_ROUTE = "/_front_door/credentials"
+CHECK_HEADER = b"x-tiled-front-door"
+RAW_UPLOADS = ("/api/v1/array/", "/api/v1/table/", "/api/v1/ragged/", "/api/v1/awkward/", "/api/v1/node/")
 AUTH_ROUTES = "/api/v1/auth/"
-ANONYMOUS_BODY_BYTES = int(os.environ.get("ANONYMOUS_BODY_BYTES") or 65536)
+ANONYMOUS_BODY_BYTES = int(os.environ.get("ANONYMOUS_BODY_BYTES") or 8192)
 JSON_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -124,7 +131,7 @@ class FrontDoor:
         self.max_body = max_body_bytes()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == CHECK_ROUTE:
+        if scope["type"] == "http" and scope["path"] == CHECK_ROUTE and header(scope, CHECK_HEADER) is not None:
             good = await accepted(scope["app"], *credentials(scope))
             await send({"type": "http.response.start", "status": 204 if good else 401, "headers": []})
             return await send({"type": "http.response.body", "body": b""})
@@ -136,9 +143,10 @@ class FrontDoor:
             if not await accepted(app, api_key, token):
                 return await answer(send, 401, "Invalid API key or access token: the request body was not read",
                                     (b"www-authenticate", b"Bearer"))
-            cap, kind = self.max_body, "request bodies"
-            if (header(scope, b"content-type") or "").split(";")[0].strip().endswith("json"):
-                cap, kind = min(cap, JSON_BODY_BYTES), "JSON bodies"
+            if scope["method"] in ("PUT", "PATCH") and scope["path"].startswith(RAW_UPLOADS):
+                cap, kind = self.max_body, "data uploads"
+            else:
+                cap, kind = min(self.max_body, JSON_BODY_BYTES), "bodies of this route"
         elif scope["path"].startswith(AUTH_ROUTES) or anonymous_allowed(app):
             cap, kind = ANONYMOUS_BODY_BYTES, "bodies without credentials"
         else:
