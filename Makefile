@@ -40,7 +40,7 @@ scale: venv ## Change the replica count live: make scale N=4
 	@$(RUN) scripts.scale $(N)
 
 reload-tls: venv ## Serve a renewed TLS certificate (TILED_TLS_CERT) without dropping a connection
-	@$(RUN) scripts.tls
+	@$(RUN) scripts.reload_tls
 
 rollout: venv ## Replace every replica one at a time (new image/config), drained first: no failed request
 	@$(RUN) scripts.rollout

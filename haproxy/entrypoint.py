@@ -1,4 +1,4 @@
-"""Start HAProxy as the haproxy user, with the TLS certificate it serves; swap that certificate live.
+"""Start HAProxy as the haproxy user with the TLS certificate it serves; swap it live; check the config.
 
 `start` (the image's command): with TILED_TLS=on, the certificate chain and key arrive
 read-only from the host (scripts/tls.py writes them, mode 0600, owned by the host's
@@ -6,11 +6,14 @@ user), which the haproxy user cannot read. As root, copy them to SERVED (owned b
 haproxy, mode 0600), then drop to haproxy and exec HAProxy: no process that handles
 traffic runs as root.
 
-`reload-certificate` (run by `make reload-tls` with docker exec): copy the new files
-again and hand them to the running HAProxy through its admin socket (`set ssl cert`,
-`commit ssl cert`): new handshakes get the new certificate, and no connection or
+`reload-certificate` (run by `make reload-tls` with docker exec): hand the new files to
+the running HAProxy through its admin socket (`set ssl cert`, `commit ssl cert`), then
+keep them as SERVED. New handshakes get the new certificate, and no connection or
 websocket stream is dropped, as a reload would risk. The key never appears on a
 command line.
+
+`check-config`: `haproxy -c` with the environment given, and a throwaway certificate
+when TILED_TLS=on (the image's build and the fast tests run it).
 
 python3-minimal only: no third-party modules.
 """
@@ -18,12 +21,14 @@ python3-minimal only: no third-party modules.
 import os
 import pwd
 import socket
+import subprocess
 import sys
 
 SOURCE = "/etc/haproxy/tls/tiled.pem"
 SERVED = "/run/haproxy/tiled.pem"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
-COMMAND = ["haproxy", "-W", "-db", "-f", "/etc/haproxy/haproxy.cfg"]
+CONFIG = "/etc/haproxy/haproxy.cfg"
+COMMAND = ["haproxy", "-W", "-db", "-f", CONFIG]
 
 
 def fail(message: str) -> None:
@@ -31,7 +36,7 @@ def fail(message: str) -> None:
     sys.exit(78)  # EX_CONFIG: a restart will not help, the operator must act
 
 
-def copy_certificate(user) -> bytes:
+def read_certificate() -> bytes:
     try:
         with open(SOURCE, "rb") as f:
             pem = f.read()
@@ -40,13 +45,24 @@ def copy_certificate(user) -> bytes:
              "which creates the certificate or copies TILED_TLS_CERT there")
     if b"PRIVATE KEY-----" not in pem or b"BEGIN CERTIFICATE" not in pem:
         fail(f"{SOURCE} must hold the certificate chain and its private key in one PEM")
-    fd = os.open(SERVED + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # No blank lines or CRs: a blank line ends an admin-socket payload.
+    return b"\n".join(line for line in pem.replace(b"\r", b"").split(b"\n") if line.strip()) + b"\n"
+
+
+def keep(pem: bytes) -> None:
+    """Write SERVED as haproxy's own, mode 0600; never through a link planted in /run/haproxy."""
+    user = pwd.getpwnam("haproxy")
+    new = SERVED + ".new"
+    try:
+        os.unlink(new)
+    except FileNotFoundError:
+        pass
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    if os.getuid() == 0:
-        os.chown(SERVED + ".new", user.pw_uid, user.pw_gid)
-    os.replace(SERVED + ".new", SERVED)
-    return pem
+        if os.getuid() == 0:
+            os.fchown(f.fileno(), user.pw_uid, user.pw_gid)
+    os.replace(new, SERVED)
 
 
 def admin(command: bytes) -> str:
@@ -57,10 +73,10 @@ def admin(command: bytes) -> str:
 
 
 def start() -> None:
-    user = pwd.getpwnam("haproxy")
     if os.environ.get("TILED_TLS") == "on":
-        copy_certificate(user)
+        keep(read_certificate())
     if os.getuid() == 0:
+        user = pwd.getpwnam("haproxy")
         os.setgroups([])
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
@@ -70,15 +86,31 @@ def start() -> None:
 def reload_certificate() -> None:
     if os.environ.get("TILED_TLS") != "on":
         fail("TLS is off in this container (TILED_TLS is not 'on'): nothing to reload")
-    pem = copy_certificate(pwd.getpwnam("haproxy"))
-    answer = admin(b"set ssl cert " + SERVED.encode() + b" <<\n" + pem.strip() + b"\n\n")
+    pem = read_certificate()
+    answer = admin(b"set ssl cert " + SERVED.encode() + b" <<\n" + pem + b"\n")
     if "Transaction" not in answer:  # "Transaction created/updated for certificate …"
+        admin(b"abort ssl cert " + SERVED.encode() + b"\n")
         fail(f"HAProxy refused the new certificate: {answer.strip()}")
     answer = admin(b"commit ssl cert " + SERVED.encode() + b"\n")
     if "Success" not in answer:
         fail(f"HAProxy could not commit the new certificate: {answer.strip()}")
+    keep(pem)  # only now: a restart serves what HAProxy serves
     print("certificate replaced in the running HAProxy")
 
 
+def check_config() -> None:
+    if os.environ.get("TILED_TLS") == "on" and not os.path.exists(SERVED):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "1", "-subj", "/CN=config-check", "-keyout", SERVED + ".key",
+                        "-out", SERVED + ".crt"], check=True, capture_output=True)
+        with open(SERVED, "wb") as f:
+            for part in (".crt", ".key"):
+                with open(SERVED + part, "rb") as p:
+                    f.write(p.read())
+                os.unlink(SERVED + part)
+    sys.exit(subprocess.run(["haproxy", "-c", "-f", CONFIG]).returncode)
+
+
 if __name__ == "__main__":
-    {"start": start, "reload-certificate": reload_certificate}[sys.argv[1] if len(sys.argv) > 1 else "start"]()
+    commands = {"start": start, "reload-certificate": reload_certificate, "check-config": check_config}
+    commands[sys.argv[1] if len(sys.argv) > 1 else "start"]()

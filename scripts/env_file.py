@@ -77,6 +77,8 @@ def validate(values: dict[str, str], path: Path) -> None:
                 "HAPROXY_MAXCONN_PER_REPLICA", "HAPROXY_MAX_BODY_BYTES", "HAPROXY_AUTH_FAIL_LIMIT"):
         if key in values and not values[key].isdigit():
             raise Failure(f"{key}={values[key]!r} in {path} is not a whole number", f"fix it in {path}")
+    if values.get("HAPROXY_AUTH_FAIL_LIMIT", "10") == "0":
+        raise Failure(f"HAPROXY_AUTH_FAIL_LIMIT=0 in {path} would refuse every request", f"set 1 or more in {path}")
     if values.get("TILED_HTTP_PORT", "off") != "off" and not values["TILED_HTTP_PORT"].isdigit():
         raise Failure(f"TILED_HTTP_PORT={values['TILED_HTTP_PORT']!r} in {path} is not a port number or off",
                       f"fix it in {path}")

@@ -7,6 +7,8 @@ import urllib.request
 from scripts.say import Failure
 
 BACKEND = "tiled_http"
+# Every backend whose server slots are the replicas (haproxy.cfg): draining covers them all.
+REPLICA_BACKENDS = ("tiled_http", "tiled_stream", "tiled_front_door")
 
 
 def servers(stats_url: str, backend: str = BACKEND) -> list[dict]:

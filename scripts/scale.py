@@ -32,7 +32,7 @@ def drain(stack: Stack, containers) -> list[str]:
     """Drain the containers' slots; return them ("backend/server") for `release` once they are stopped."""
     slots = []
     addresses = {backend_address(c) for c in containers}
-    for backend in ("tiled_http", "tiled_stream"):
+    for backend in haproxy_stats.REPLICA_BACKENDS:
         for server in haproxy_stats.servers(stack.stats_url, backend):
             if server["addr"] in addresses:
                 slots.append(f"{backend}/{server['name']}")
@@ -53,7 +53,7 @@ def gone_from_rotation(stack: Stack, addresses: set[str], timeout: float = 15) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not any(s["addr"] in addresses and s["status"].startswith(("UP", "DRAIN", "NOLB"))
-                   for backend in ("tiled_http", "tiled_stream")
+                   for backend in haproxy_stats.REPLICA_BACKENDS
                    for s in haproxy_stats.servers(stack.stats_url, backend)):
             return
         time.sleep(0.2)

@@ -9,9 +9,9 @@ certificate are made once, in tls/ beside the env file, and never rewritten:
 Either way the PEM HAProxy serves is copied to tls/served/tiled.pem (the only folder
 mounted into the haproxy container). All files are mode 0600.
 
-`make reload-tls` (main) re-copies TILED_TLS_CERT, or the generated certificate, and
-hands it to the running HAProxy without a restart: open connections and websocket
-streams stay up. Run it from certbot's or the facility's renewal hook.
+A generated server certificate is issued again by the same CA when it is within 30 days
+of its end (clients that trust the CA notice nothing); a given one is only warned about.
+`make reload-tls` (scripts/reload_tls.py) serves a renewed certificate without a restart.
 """
 
 import datetime
@@ -21,7 +21,7 @@ import re
 import socket
 from pathlib import Path
 
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.say import Failure, note, ok, step
 
 SERVED = "served/tiled.pem"
 MODES = ("off", "on", "external")
@@ -186,11 +186,21 @@ def generated(values: dict[str, str], tls_dir: Path) -> Path:
         step(f"creating a local CA in {tls_dir} (used only because TILED_TLS_CERT is not set)")
         make_ca(ca_key, ca_cert)
     names = wanted_names(values)
+    leaf = None
     if server.exists():
+        from cryptography import x509
+
+        leaf = x509.load_pem_x509_certificates(server.read_bytes())[0]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if leaf is not None and leaf.not_valid_after_utc - now > RENEW_WARNING:
         ok(f"server certificate {server} already exists, kept")
-        missing = sorted(set(names) - set(names_of(checked(server.read_bytes(), str(server)))))
+        missing = sorted(set(names) - set(names_of(leaf)))
         if missing:
             note(f"it does not cover {', '.join(missing)}: delete {server} and rerun `make up` to issue a new one")
+    elif leaf is not None:
+        step(f"{server} ends on {leaf.not_valid_after_utc:%Y-%m-%d}: issuing it again from the same CA "
+             "(then `make reload-tls` if the stack is running)")
+        write_private(server, issue_server(ca_key, ca_cert, names))
     else:
         step(f"issuing a server certificate for {', '.join(names)}")
         write_private(server, issue_server(ca_key, ca_cert, names))
@@ -236,25 +246,3 @@ def trust_hint(ca: Path | None, url: str) -> None:
     note(f"  curl:      curl --cacert {ca} {url}/api/v1/")
     note(f"  streaming: SSL_CERT_FILE={ca} for tiled.client subscriptions (they ignore verify=)")
 
-
-def main() -> None:
-    """`make reload-tls`: serve the current certificate without dropping a connection."""
-    from scripts.compose import Stack
-    from scripts.docker_api import running
-
-    stack = Stack()
-    if mode(stack.values) != "on":
-        raise Failure(f"TLS is off (TILED_TLS={mode(stack.values)} in {stack.env_path})",
-                      "set TILED_TLS=on and run `make up`")
-    ensure(stack.values, stack.env_path)
-    haproxy = running(stack.project, "haproxy")
-    step(f"handing the certificate to {haproxy.name} (no restart)")
-    result = haproxy.exec_run(["python3", "/usr/local/bin/entrypoint.py", "reload-certificate"])
-    if result.exit_code:
-        raise Failure(f"HAProxy did not take the certificate: {result.output.decode().strip()}",
-                      "the old certificate is still served; `make logs SERVICE=haproxy` shows more")
-    ok(f"new handshakes at {stack.url} get the new certificate; open connections were kept")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -98,3 +98,17 @@ def test_a_certificate_near_its_end_is_served_with_a_warning(tmp_path, capsys):
     assert "expires in 4 days" in out or "expires in 5 days" in out
     leaf = tls.checked(soon.read_bytes(), "soon")
     assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) < tls.RENEW_WARNING
+
+
+def test_a_generated_certificate_near_its_end_is_issued_again_from_the_same_ca(tmp_path):
+    env = tmp_path / ".env"
+    tls.ensure(values(), env)
+    folder = tmp_path / "tls"
+    ca_before = (folder / "ca.pem").read_bytes()
+    tls.write_private(folder / "server.pem", tls.issue_server(folder / "ca.key", folder / "ca.pem",
+                                                              ["localhost"], days=10))
+    tls.ensure(values(), env)
+    leaf = tls.checked((folder / "server.pem").read_bytes(), "server.pem")
+    assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=800)
+    assert (folder / "ca.pem").read_bytes() == ca_before, "the CA clients trust is kept"
+    assert (folder / "served/tiled.pem").read_bytes() == (folder / "server.pem").read_bytes()
