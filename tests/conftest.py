@@ -212,3 +212,17 @@ class StreamCollector:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.values) >= count, timeout), (
                 f"{len(self.values)} of {count} updates arrived: {self.values}")
+
+
+def subscriber_replica(stack):
+    """The replica holding the one open websocket, as HAProxy's tiled_stream backend counts them."""
+    from scripts import haproxy_stats
+
+    for _ in range(50):
+        busy = [s for s in haproxy_stats.servers(stack.stats_url, "tiled_stream") if s["sessions"]]
+        if len(busy) == 1:
+            return busy[0]["addr"]
+        time.sleep(0.1)
+    raise AssertionError(f"expected one replica with the websocket, HAProxy says {busy}")
+
+

@@ -14,8 +14,8 @@ from bluesky.plans import scan
 from tiled.client import from_uri
 from tiled.client.register import register
 
-from conftest import StreamCollector, container_addresses, rows_in_storage
-from scripts import haproxy_stats, wait
+from conftest import StreamCollector, container_addresses, rows_in_storage, subscriber_replica
+from scripts import wait
 from scripts.acquire import acquire, devices, writing_engine
 from scripts.docker_api import project_containers
 
@@ -104,16 +104,6 @@ def stream_table(tiled):
 
 def append(node, value):
     node.append_partition(0, pa.table({"value": [value]}))
-
-
-def subscriber_replica(stack):
-    """The replica holding the one open websocket, as HAProxy's tiled_stream backend counts them."""
-    for _ in range(50):
-        busy = [s for s in haproxy_stats.servers(stack.stats_url, "tiled_stream") if s["sessions"]]
-        if len(busy) == 1:
-            return busy[0]["addr"]
-        time.sleep(0.1)
-    raise AssertionError(f"expected one replica with the websocket, HAProxy says {busy}")
 
 
 def assert_in_order(collector, values):

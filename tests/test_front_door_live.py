@@ -25,7 +25,7 @@ import pytest
 from tiled.client import from_uri
 from websockets.sync.client import connect
 
-from conftest import ROOT, StreamCollector, container_addresses, free_port, make
+from conftest import ROOT, StreamCollector, container_addresses, free_port, make, subscriber_replica
 from scripts import env_file, haproxy_stats, tls
 from scripts.acquire import acquire
 from scripts.compose import Stack
@@ -191,13 +191,22 @@ def test_bluesky_and_streaming_work_over_https_and_wss_across_replicas(door, ca,
     assert collector.values == list(range(10)), collector.values
 
 
-def subscriber_replica(stack):
-    for _ in range(50):
-        busy = [s for s in haproxy_stats.servers(stack.stats_url, "tiled_stream") if s["sessions"]]
-        if len(busy) == 1:
-            return busy[0]["addr"]
-        time.sleep(0.1)
-    raise AssertionError(f"expected one replica with the websocket, HAProxy says {busy}")
+def test_the_readmes_examples_and_make_demo_work_over_https(door, ca, key, monkeypatch):
+    from test_readme_live import readme_example
+
+    stack = door[0]
+    namespace = {"KEY": key, "CA": ca}
+    exec(readme_example("https").replace("https://localhost:8000", stack.local_url), namespace)
+    assert namespace["client"].uri.startswith("https://")
+    plain = 'from_uri("http://localhost:8000", api_key=KEY)'
+    assert plain in readme_example("streaming")
+    monkeypatch.setenv("SSL_CERT_FILE", ca)  # as the README says, for subscriptions
+    namespace = {"KEY": key, "__name__": "readme_streaming_over_https"}
+    exec(readme_example("streaming").replace(plain, f'from_uri("{stack.local_url}", api_key=KEY, verify="{ca}")'),
+         namespace)
+    assert namespace["received"] == [[1, 2]]
+    output = make("demo", stack.env_path).stdout
+    assert output.count("✓ run ") == 2 and f"browse: {stack.url}/api/v1/metadata/" in output, output
 
 
 def body_operations(stack, ca, key) -> list[tuple[str, str]]:
@@ -213,7 +222,7 @@ def body_operations(stack, ca, key) -> list[tuple[str, str]]:
 
 
 class Sampler:
-    """Peak memory (cgroup usage) of each replica, sampled every 50 ms while it runs."""
+    """Peak memory of each replica, sampled every 50 ms while it runs, and the bytes it received."""
 
     def __init__(self, containers):
         self.containers = containers
@@ -228,7 +237,10 @@ class Sampler:
         return container.stats(stream=False, one_shot=True)
 
     def usage(self, container):
-        return self.stats(container)["memory_stats"]["usage"]
+        """What `docker stats` shows: usage less the page cache (cgroup v1) or inactive files (v2)."""
+        memory = self.stats(container)["memory_stats"]
+        cache = memory.get("stats", {})
+        return memory["usage"] - cache.get("cache", cache.get("inactive_file", 0))
 
     def rx(self, container):
         return sum(n["rx_bytes"] for n in self.stats(container)["networks"].values())
@@ -341,40 +353,39 @@ def test_an_authenticated_upload_bigger_than_haproxys_buffer_round_trips(https):
 
 
 CLIENT = r"""
-import json, os, sys, time, tempfile, httpx
+import json, os, sys, tempfile, httpx
 ca = tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False)
 ca.write(os.environ["CA_PEM"]); ca.close()
-url, key, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-codes = []
+url = sys.argv[1]
 with httpx.Client(base_url=url, verify=ca.name, timeout=30) as c:
     c.get("/api/v1/")  # connected, before the other side starts
-    print("ready", flush=True); sys.stdin.readline()
-    for _ in range(count):
-        codes.append(c.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {key}"}).status_code)
-    after = c.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {os.environ['GOOD_KEY']}"}).status_code
-print(json.dumps({"codes": codes, "good_key_after": after}))
+    print("ready", flush=True)
+    plan = json.loads(sys.stdin.readline())  # keys come on stdin: never on a command line
+    codes = [c.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {plan['key']}"}).status_code
+             for _ in range(plan["count"])]
+    after = {"anonymous": c.get("/api/v1/metadata/").status_code,
+             "wrong key": c.get("/api/v1/metadata/", headers={"Authorization": "Apikey guess"}).status_code,
+             "good key": c.get("/api/v1/metadata/", headers={"Authorization": f"Apikey {plan['good_key']}"}).status_code}
+print(json.dumps({"codes": codes, "after": after}))
 """
 
 
-def frontend_client(stack, ca, api_key, count, good_key):
+def frontend_client(stack, ca):
     """A client in a container of its own on the stack's frontend network: an address of its own."""
-    network = f"{stack.project}_frontend"
     return subprocess.Popen(
-        ["docker", "run", "--rm", "-i", "--network", network, "-e", f"CA_PEM={Path(ca).read_text()}",
-         "-e", f"GOOD_KEY={good_key}", "tiled-stack/tiled:0.2.20", "python", "-c", CLIENT,
-         f"https://{EXTRA_NAME}:8000", api_key, str(count)],
+        ["docker", "run", "--rm", "-i", "--network", f"{stack.project}_frontend", "-e", f"CA_PEM={Path(ca).read_text()}",
+         "tiled-stack/tiled:0.2.20", "python", "-c", CLIENT, f"https://{EXTRA_NAME}:8000"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_failed_authentications_throttle_that_address_only(door, ca, key):
     stack = door[0]
     limit = int(stack.values.get("HAPROXY_AUTH_FAIL_LIMIT", "10"))
-    guesser = frontend_client(stack, ca, "guess", limit + 10, key)
-    beamline = frontend_client(stack, ca, key, 300, key)
+    guesser, beamline = frontend_client(stack, ca), frontend_client(stack, ca)
     for side in (guesser, beamline):
         assert side.stdout.readline().strip() == "ready", side.stderr.read()
-    for side in (guesser, beamline):
-        side.stdin.write("go\n")
+    for side, plan in ((guesser, {"key": "guess", "count": limit + 10}), (beamline, {"key": key, "count": 300})):
+        side.stdin.write(json.dumps({**plan, "good_key": key}) + "\n")
         side.stdin.flush()
     results = []
     for side in (guesser, beamline):
@@ -383,11 +394,61 @@ def test_failed_authentications_throttle_that_address_only(door, ca, key):
         results.append(json.loads(out.strip().splitlines()[-1]))
     guessed, good = results
     print(f"\n  key guessing from one address: {guessed['codes'].count(401)} × 401 then "
-          f"{guessed['codes'].count(429)} × 429 (limit {limit}); its good key after: {guessed['good_key_after']}; "
-          f"the other address meanwhile: {len(good['codes'])} requests, {sorted(set(good['codes']))}")
+          f"{guessed['codes'].count(429)} × 429 (limit {limit}); then from it {guessed['after']}; "
+          f"another address meanwhile: {len(good['codes'])} requests with a good key, {sorted(set(good['codes']))}")
     assert guessed["codes"] == [401] * limit + [429] * 10
-    assert guessed["good_key_after"] == 429, "a throttled address is refused for a while, whatever it sends"
-    assert set(good["codes"]) == {200} and good["good_key_after"] == 200
+    assert guessed["after"] == {"anonymous": 429, "wrong key": 429, "good key": 200}, guessed["after"]
+    assert set(good["codes"]) == {200} and good["after"] == {"anonymous": 401, "wrong key": 401, "good key": 200}
+
+
+def raw_request(port: int, ca: str, head: str, body: bytes = b"", wait: float = 30) -> str:
+    """Send a request by hand over TLS; return the status line (or how the connection ended)."""
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(head.encode() + b"\r\n" + body)
+            try:
+                return conn.recv(300).split(b"\r\n")[0].decode() or "closed"
+            except (ssl.SSLError, OSError) as err:
+                return f"closed ({type(err).__name__})"
+
+
+def test_hostile_clients_are_answered_at_the_door(door, ca, key):
+    """HTTP/2, websockets, encoded paths, a trickled body, duplicated credentials: refused before a replica."""
+    stack = door[0]
+    host = f"Host: localhost:{stack.port}\r\n"
+    ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    cases = {
+        "HTTP/2 preface": ("PRI * HTTP/2.0\r\n\r\nSM\r\n", b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"),
+        "websocket, no key": (f"GET /api/v1/stream/single/x HTTP/1.1\r\n{host}{ws}", b""),
+        "websocket, wrong key": (f"GET /api/v1/stream/single/x HTTP/1.1\r\n{host}{ws}Authorization: Apikey nope\r\n", b""),
+        "websocket, encoded path": (f"GET /api/v1/%73tream/single/x HTTP/1.1\r\n{host}{ws}", b""),
+        "credentials check, encoded path": (f"GET /%5Ffront_door/credentials HTTP/1.1\r\n{host}"
+                                            f"Authorization: Apikey {key}\r\n", b""),
+        "two Authorization headers": (f"POST /api/v1/metadata/ HTTP/1.1\r\n{host}Authorization: Apikey {key}\r\n"
+                                      "Authorization: Apikey other\r\nContent-Length: 2\r\n", b"{}"),
+        "two api_key parameters": (f"POST /api/v1/metadata/?api_key={key}&api_key=other HTTP/1.1\r\n{host}"
+                                   "Content-Length: 2\r\n", b"{}"),
+        "anonymous body trickled": (f"POST /api/v1/metadata/ HTTP/1.1\r\n{host}Content-Length: 8000\r\n", b"{"),
+    }
+    replicas = project_containers(stack.project, "tiled", all=False)
+    answers = {}
+    with Sampler(replicas) as sampler:
+        for name, (head, body) in cases.items():
+            forget_failed_authentications(stack)
+            answers[name] = raw_request(stack.port, ca, head, body)
+    forget_failed_authentications(stack)
+    print("\n" + "\n".join(f"  {name:34} {answer}" for name, answer in answers.items())
+          + f"\n  replicas received at most {max(sampler.received.values())} bytes")
+    assert answers["HTTP/2 preface"].startswith("HTTP/1.1 400"), "HTTP/2 must not be spoken here"
+    for name in ("websocket, no key", "websocket, wrong key", "websocket, encoded path"):
+        assert answers[name].startswith("HTTP/1.1 401"), (name, answers[name])
+    assert answers["credentials check, encoded path"].startswith("HTTP/1.1 404")
+    assert answers["two Authorization headers"].startswith("HTTP/1.1 400")
+    assert answers["two api_key parameters"].startswith("HTTP/1.1 400")
+    assert answers["anonymous body trickled"].startswith("HTTP/1.1 408")
+    # Health checks and the credentials checks of the cases above are all that reached them.
+    assert max(sampler.received.values()) < 256 * 1024, sampler.received
 
 
 def next_update(ws) -> dict:
@@ -398,6 +459,36 @@ def next_update(ws) -> dict:
             return message
 
 
+class KeptConnection:
+    """One TLS connection, kept: requests on it fail if it is closed (no silent reconnect)."""
+
+    def __init__(self, port, ca):
+        from cryptography import x509
+
+        context = ssl.create_default_context(cafile=ca)
+        self.conn = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                                        server_hostname="localhost")
+        self.serial = x509.load_der_x509_certificate(self.conn.getpeercert(binary_form=True)).serial_number
+        self.port = port
+
+    def get(self, path) -> int:
+        self.conn.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost:{self.port}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.conn.recv(65536)
+            assert chunk, "the server closed the connection"
+            head += chunk
+        headers, _, rest = head.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in headers.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += self.conn.recv(65536)
+        return int(headers.split()[1])
+
+    def close(self):
+        self.conn.close()
+
+
 def test_a_renewed_certificate_is_served_without_dropping_a_stream(door, ca, key, https):
     stack = door[0]
     old = peer_certificate(stack.port, ca)
@@ -405,8 +496,8 @@ def test_a_renewed_certificate_is_served_without_dropping_a_stream(door, ca, key
     node.append_partition(0, pa.table({"value": [-1]}))
     context = ssl.create_default_context(cafile=ca)
     ws_url = f"wss://localhost:{stack.port}/api/v1/stream/single/swap_table?envelope_format=json"
-    kept = httpx.Client(base_url=stack.local_url, verify=ca, timeout=30)  # a keep-alive connection across it
-    assert kept.get("/api/v1/").status_code == 200
+    kept = KeptConnection(stack.port, ca)  # one keep-alive TLS connection across the swap
+    assert kept.get("/api/v1/") == 200
     renewed = stack.tls_dir.parent / "renewed.pem"
     tls.write_private(renewed, tls.issue_server(stack.tls_dir / "ca.key", stack.tls_dir / "ca.pem",
                                                 ["localhost", "127.0.0.1"], days=90))
@@ -423,7 +514,8 @@ def test_a_renewed_certificate_is_served_without_dropping_a_stream(door, ca, key
             node.append_partition(0, pa.table({"value": [value]}))
         after = [next_update(ws) for _ in range(2)]
     new = peer_certificate(stack.port, ca)
-    assert kept.get("/api/v1/").status_code == 200, "an open keep-alive connection was dropped"
+    assert kept.get("/api/v1/") == 200, "an open keep-alive connection was dropped"
+    assert kept.serial == old.serial_number, "the kept connection is still the one made before the swap"
     kept.close()
     assert [m["payload"]["value"] for m in before + after] == [[1], [2], [3]]
     sequences = [m["sequence"] for m in before + after]
