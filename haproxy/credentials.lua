@@ -1,30 +1,51 @@
--- Before a request's body goes to a replica, ask a replica whether the request's
--- credentials are good: the replica answers from the request's head alone
+-- Before a request's body (or a websocket) goes to a replica, ask a replica whether the
+-- request's credentials are good: the replica answers from the credentials alone
 -- (tiled/tiled_stack/front_door.py, GET /_front_door/credentials), with Tiled's own
 -- checks. The body waits in HAProxy meanwhile; refused, it never reaches a replica.
--- haproxy.cfg caches a good answer per credential for a short while (good_credentials).
+-- haproxy.cfg decides when to ask, remembers good answers, and refuses when there is no
+-- answer (txn.credentials_status stays unset or 0).
+--
+-- Only what Tiled itself would read is sent: for HTTP the Authorization header, the
+-- Cookie header and ?api_key= (in a header, so that no log shows it); for a websocket
+-- `Authorization: Apikey …` or ?access_token= (as a Bearer token).
 
 local CHECK_URL = "http://127.0.0.1:8001/_front_door/credentials"
+
+local function first(headers, name)
+    local values = headers[name]
+    return values and values[0]
+end
 
 core.register_action("check_credentials", { "http-req" }, function(txn)
     local request = txn.http:req_get_headers()
     local headers = {}
-    for _, name in ipairs({ "authorization", "cookie" }) do
-        if request[name] and request[name][0] then
-            headers[name] = { request[name][0] }
+    local authorization = first(request, "authorization")
+    if first(request, "upgrade") and first(request, "upgrade"):lower() == "websocket" then
+        if authorization and authorization:lower():sub(1, 7) == "apikey " then
+            headers["authorization"] = { authorization }
+        else
+            local token = txn.f:url_param("access_token")
+            if token then
+                headers["authorization"] = { "Bearer " .. txn.c:url_dec(token) }
+            end
+        end
+    else
+        if authorization then
+            headers["authorization"] = { authorization }
+        end
+        local cookie = first(request, "cookie")
+        if cookie then
+            headers["cookie"] = { cookie }
+        end
+        local key = txn.f:url_param("api_key")
+        if key then
+            headers["x-tiled-front-door-api-key"] = { txn.c:url_dec(key) }
         end
     end
-    local url = CHECK_URL
-    local query_key = txn.f:url_param("api_key")
-    if query_key then
-        url = url .. "?api_key=" .. query_key  -- as the client sent it, still URL-encoded
-    end
     local ok, response = pcall(function()
-        return core.httpclient():get({ url = url, headers = headers, timeout = 5000 })
+        return core.httpclient():get({ url = CHECK_URL, headers = headers, timeout = 5000 })
     end)
-    local status = 0  -- no answer: haproxy.cfg answers 503 (fail closed)
     if ok and response and response.status then
-        status = response.status
+        txn:set_var("txn.credentials_status", response.status)
     end
-    txn:set_var("txn.credentials_status", status)
 end, 0)

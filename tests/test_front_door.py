@@ -85,7 +85,9 @@ with TestClient(app, raise_server_exceptions=False) as c:
     check = {"X-Tiled-Front-Door": "check"}
     out["check"] = [c.get("/_front_door/credentials", headers={**check, **h}).status_code
                     for h in ({"Authorization": "Apikey k"}, {"Authorization": "Apikey nope"}, {},
-                              {"Authorization": "Apikey å".encode()}, {"Cookie": "tiled_api_key=k"})]
+                              {"Authorization": "Apikey å".encode()}, {"Cookie": "tiled_api_key=k"},
+                              {"X-Tiled-Front-Door-Api-Key": "k"}, {"X-Tiled-Front-Door-Api-Key": "nope"})]
+    out["check, key in the URL"] = c.get("/_front_door/credentials?api_key=k", headers=check).status_code
     out["check without HAProxy's header"] = c.get("/_front_door/credentials",
                                                   headers={"Authorization": "Apikey k"}).status_code
     out["keys"] = [d["id"] for d in c.get("/api/v1/search/", headers=key).json()["data"]]
@@ -108,7 +110,8 @@ def test_bodies_wait_for_accepted_credentials_and_are_capped():
     assert upload["chunks_read"] == 20 and upload["status"] == 200, upload  # data uploads go past 8 MiB
     assert out["good key, small JSON"] == 200
     assert out["no key, no body"] == 401
-    assert out["check"] == [204, 401, 401, 401, 204], "HAProxy's credentials check (credentials.lua)"
+    assert out["check"] == [204, 401, 401, 401, 204, 204, 401], "HAProxy's credentials check (credentials.lua)"
+    assert out["check, key in the URL"] == 401, "credentials.lua sends ?api_key= in a header, never in a URL"
     assert out["check without HAProxy's header"] == 404
     assert out["keys"] == ["ok", "arr"], "refused requests must change nothing"
 

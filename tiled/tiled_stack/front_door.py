@@ -43,6 +43,7 @@ from tiled_stack import app_hooks
 
 CHECK_ROUTE = "/_front_door/credentials"
 CHECK_HEADER = b"x-tiled-front-door"
+CHECK_KEY_HEADER = "x-tiled-front-door-api-key"
 RAW_UPLOADS = ("/api/v1/array/", "/api/v1/table/", "/api/v1/ragged/", "/api/v1/awkward/", "/api/v1/node/")
 AUTH_ROUTES = "/api/v1/auth/"
 ANONYMOUS_BODY_BYTES = int(os.environ.get("ANONYMOUS_BODY_BYTES") or 8192)
@@ -67,13 +68,16 @@ def has_body(scope) -> bool:
     return length is not None and length.strip() not in ("", "0")
 
 
-def credentials(scope) -> tuple[str | None, str | None]:
-    """(API key, access token) as Tiled reads them: ?api_key=, `Apikey …`/`Bearer …`, cookie."""
+def credentials(scope, checking: bool = False) -> tuple[str | None, str | None]:
+    """(API key, access token) as Tiled reads them: ?api_key=, `Apikey …`/`Bearer …`, cookie.
+
+    `checking`: HAProxy's credentials check, which sends ?api_key= in CHECK_KEY_HEADER
+    (a header is not logged, a URL is)."""
     from starlette.requests import Request
     from tiled.server.utils import API_KEY_COOKIE_NAME
 
     request = Request(scope)
-    api_key = request.query_params.get("api_key")
+    api_key = request.headers.get(CHECK_KEY_HEADER) if checking else request.query_params.get("api_key")
     token = None
     scheme, _, param = (request.headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer":
@@ -132,7 +136,7 @@ class FrontDoor:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] == CHECK_ROUTE and header(scope, CHECK_HEADER) is not None:
-            good = await accepted(scope["app"], *credentials(scope))
+            good = await accepted(scope["app"], *credentials(scope, checking=True))
             await send({"type": "http.response.start", "status": 204 if good else 401, "headers": []})
             return await send({"type": "http.response.body", "body": b""})
         if scope["type"] != "http" or not has_body(scope):
