@@ -1,14 +1,21 @@
 """`make serve` (single process) behaviour that the conformance suite does not cover."""
 
+import os
 import re
+import secrets
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
 from tiled.client import from_uri
 
 from conformance.conftest import ServeProcess
-from conftest import make
+from conftest import ROOT, free_port, make
 
 
 def test_persistent_data_survives_a_restart(tmp_path):
@@ -48,3 +55,153 @@ def test_a_taken_port_gets_a_clear_error(tmp_path):
 def test_a_bad_api_key_is_refused(tmp_path):
     done = make("serve", tmp_path / "unused.env", check=False, API_KEY="not-allowed!", TEMP="1")
     assert done.returncode != 0 and "API_KEY may hold only letters and digits" in done.stdout
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Every process whose environment carries `mark` (Tiled, Redis server, anything started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def interrupt_during_startup(tmp_path, moment, **knobs) -> dict:
+    """`make serve` as a terminal runs it; Ctrl-C to its process group at `moment` seconds
+    (or once it answers); returns what was left afterwards."""
+    mark = f"SERVE_TEST_MARK={secrets.token_hex(8)}"
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "API_KEY": secrets.token_hex(8), "DATA_DIR": str(tmp_path / "data"),
+           mark.split("=")[0]: mark.split("=")[1], **knobs}
+    log = tmp_path / f"serve-{moment}.log"
+    started = time.monotonic()
+    make_process = subprocess.Popen(["make", "--no-print-directory", "serve"], cwd=ROOT, env=env,
+                                    stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    if moment == "ready":
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+    else:
+        time.sleep(moment)
+    sent = time.monotonic()
+    os.killpg(make_process.pid, signal.SIGINT)
+    try:
+        make_process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    stopped = time.monotonic() - sent
+    time.sleep(1)  # anything that outlived make would still be here
+    with socket.socket() as s:
+        port_free = s.connect_ex(("127.0.0.1", port)) != 0
+    left = processes_marked(mark)
+    containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.tiled-stack.serve-port={port}"],
+                                capture_output=True, text=True).stdout.split() if knobs.get("STREAMING") else []
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    for container in containers:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    return {"at": round(sent - started, 2), "stopped_in": round(stopped, 1), "make_running": make_process.poll() is None,
+            "left": left, "containers": containers, "port_free": port_free, "log": log.read_text()[-1500:]}
+
+
+@pytest.mark.parametrize("moment", [0.05, 0.4, 1.0, 2.0, 3.5, "ready"])
+def test_ctrl_c_at_any_moment_of_startup_stops_everything(tmp_path, moment):
+    left = interrupt_during_startup(tmp_path, moment)
+    print(f"Ctrl-C at {left['at']} s: stopped in {left['stopped_in']} s")
+    assert not left["make_running"], left["log"]
+    assert left["left"] == [], f"still running after Ctrl-C: {left['left']}\n{left['log']}"
+    assert left["port_free"], left["log"]
+    assert left["stopped_in"] < 10, left
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("moment", [0.5, 1.5, 3.0, "ready"])
+def test_ctrl_c_while_redis_starts_leaves_no_container(images, tmp_path, moment):
+    left = interrupt_during_startup(tmp_path, moment, STREAMING="1")
+    print(f"STREAMING=1, Ctrl-C at {left['at']} s: stopped in {left['stopped_in']} s")
+    assert not left["make_running"] and left["left"] == [] and left["port_free"], left
+    assert left["containers"] == [], f"Redis container left behind: {left}"
+
+
+def test_a_second_ctrl_c_forces_the_stop(tmp_path):
+    """An open websocket holds uvicorn's graceful stop for its 5 s; a second Ctrl-C ends it at once."""
+    from websockets.sync.client import connect
+
+    server = ServeProcess(tmp_path / "serve.log", TEMP="1")
+    client = from_uri(server.url, api_key=server.api_key)
+    client.write_array(np.zeros(3), key="held")
+    with connect(server.url.replace("http", "ws") + "/api/v1/stream/single/held?envelope_format=json",
+                 additional_headers={"Authorization": f"Apikey {server.api_key}"}):
+        os.killpg(server.process.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert server.process.poll() is None, "the first Ctrl-C waits for the open websocket"
+        second = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGINT)
+        server.process.wait(timeout=10)
+        forced = time.monotonic() - second
+    print(f"second Ctrl-C: stopped {forced:.1f} s later")
+    assert forced < 3, forced
+
+
+# `make serve`'s own main(), with one step slowed down: a Ctrl-C that lands in a window
+# of a few microseconds on a real machine (between Tiled's start and the moment a
+# signal is passed on to it; while `docker run` creates Redis) lands there every time.
+SLOWED = r"""
+import os, subprocess, sys, time
+sys.path.insert(0, os.getcwd())
+from scripts import serve
+from scripts.say import run_main
+real_popen, real_run = subprocess.Popen, subprocess.run
+def popen(args, **kw):
+    process = real_popen(args, **kw)
+    if "serve" in args:
+        print("WINDOW tiled started", flush=True)
+        time.sleep(3)
+    return process
+def run(args, **kw):
+    done = real_run(args, **kw)
+    if args[1:2] == ["run"]:
+        print("WINDOW redis created", flush=True)
+        time.sleep(3)
+    return done
+serve.subprocess.Popen, serve.subprocess.run = popen, run
+run_main(serve.main)
+"""
+
+
+@pytest.mark.parametrize("window,knobs", [("tiled started", {}),
+                                          pytest.param("redis created", {"STREAMING": "1"}, marks=pytest.mark.live)])
+def test_ctrl_c_in_the_narrowest_windows_is_not_lost(tmp_path, window, knobs, request):
+    if knobs:
+        request.getfixturevalue("images")
+    mark = f"SERVE_TEST_MARK={secrets.token_hex(8)}"
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "API_KEY": secrets.token_hex(8), "TEMP": "1",
+           mark.split("=")[0]: mark.split("=")[1], **knobs}
+    log = tmp_path / "serve.log"  # a file, not a pipe: an orphaned Tiled would hold a pipe open
+    process = subprocess.Popen([str(ROOT / ".venv/bin/python"), "-c", SLOWED], cwd=ROOT, env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while f"WINDOW {window}" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=30)
+    time.sleep(1)
+    left = processes_marked(mark)
+    containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.tiled-stack.serve-port={port}"],
+                                capture_output=True, text=True).stdout.split() if knobs else []
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    for container in containers:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    text = log.read_text()[-2000:]
+    assert left == [], f"Tiled outlived a Ctrl-C that came as it started: {left}\n{text}"
+    assert containers == [], f"Redis outlived a Ctrl-C that came as it was created\n{text}"
