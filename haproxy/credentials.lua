@@ -10,6 +10,10 @@
 -- `Authorization: Apikey …` or ?access_token= (as a Bearer token).
 
 local CHECK_URL = "http://127.0.0.1:8001/_front_door/credentials"
+-- Tiled's API keys (hex, or the .env's URL-safe characters) and its tokens (base64url and
+-- dots) fit this; a decoded value outside it (CR, LF: a header injected into the check
+-- request) cannot be a credential.
+local CREDENTIAL = "^[%w%._~%-]+$"
 
 local function first(headers, name)
     local values = headers[name]
@@ -26,7 +30,12 @@ core.register_action("check_credentials", { "http-req" }, function(txn)
         else
             local token = txn.f:url_param("access_token")
             if token then
-                headers["authorization"] = { "Bearer " .. txn.c:url_dec(token) }
+                token = txn.c:url_dec(token)
+                if not (token and token:match(CREDENTIAL)) then
+                    txn:set_var("txn.credentials_status", 401)
+                    return
+                end
+                headers["authorization"] = { "Bearer " .. token }
             end
         end
     else
@@ -39,7 +48,12 @@ core.register_action("check_credentials", { "http-req" }, function(txn)
         end
         local key = txn.f:url_param("api_key")
         if key then
-            headers["x-tiled-front-door-api-key"] = { txn.c:url_dec(key) }
+            key = txn.c:url_dec(key)
+            if not (key and key:match(CREDENTIAL)) then
+                txn:set_var("txn.credentials_status", 401)
+                return
+            end
+            headers["x-tiled-front-door-api-key"] = { key }
         end
     end
     local ok, response = pcall(function()

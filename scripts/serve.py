@@ -48,6 +48,7 @@ class Stop:
 
     def __init__(self):
         self.count = 0
+        self.forwarded = 0  # each signal goes to Tiled once, whether handle() or attach() sees it first
         self.server = None
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
@@ -58,6 +59,9 @@ class Stop:
             self.forward()
 
     def forward(self):
+        if self.forwarded >= self.count:
+            return
+        self.forwarded = self.count
         try:
             os.killpg(self.server.pid, signal.SIGINT if self.count == 1 else signal.SIGKILL)
         except ProcessLookupError:

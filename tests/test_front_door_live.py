@@ -437,6 +437,11 @@ def test_hostile_clients_are_answered_at_the_door(door, ca, key):
                                    "Content-Length: 2\r\n", b"{}"),
         "two api_key parameters, one encoded": (f"POST /api/v1/metadata/?api_key={key}&api%5Fkey=other HTTP/1.1\r\n"
                                                 f"{host}Content-Length: 2\r\n", b"{}"),
+        "good key, and a guess under an encoded name": (
+            f"POST /api/v1/metadata/?api%5Fkey=guess HTTP/1.1\r\n{host}Authorization: Apikey {key}\r\n"
+            "Content-Length: 2\r\n", b"{}"),
+        "CR LF in ?api_key=": (f"POST /api/v1/metadata/?api_key=x%0d%0aX-Injected:%201 HTTP/1.1\r\n{host}"
+                               "Content-Length: 2\r\n", b"{}"),
         "websocket, key only in ?api_key=": (f"GET /api/v1/stream/single/x?api_key={key} HTTP/1.1\r\n{host}{ws}", b""),
         "anonymous body trickled": (f"POST /api/v1/metadata/ HTTP/1.1\r\n{host}Content-Length: 8000\r\n", b"{"),
         "anonymous body trickled behind 14 KB of headers": (
@@ -460,6 +465,8 @@ def test_hostile_clients_are_answered_at_the_door(door, ca, key):
     assert answers["two Authorization headers"].startswith("HTTP/1.1 400")
     assert answers["two api_key parameters"].startswith("HTTP/1.1 400")
     assert answers["two api_key parameters, one encoded"].startswith("HTTP/1.1 400")
+    assert answers["good key, and a guess under an encoded name"].startswith("HTTP/1.1 400")
+    assert answers["CR LF in ?api_key="].startswith("HTTP/1.1 401")
     assert answers["anonymous body trickled behind 14 KB of headers"].startswith("HTTP/1.1 413")
     assert answers["anonymous body trickled"].startswith("HTTP/1.1 408")
     # Health checks and the credentials checks of the cases above are all that reached them.
