@@ -20,6 +20,16 @@ local function first(headers, name)
     return values and values[0]
 end
 
+-- A query parameter, decoded as Tiled decodes it; nil (and the answer 401) if it cannot
+-- be a credential.
+local function credential_param(txn, name)
+    local value = txn.c:url_dec(txn.f:url_param(name))
+    if value and value:match(CREDENTIAL) then
+        return value
+    end
+    txn:set_var("txn.credentials_status", 401)
+end
+
 core.register_action("check_credentials", { "http-req" }, function(txn)
     local request = txn.http:req_get_headers()
     local headers = {}
@@ -28,11 +38,9 @@ core.register_action("check_credentials", { "http-req" }, function(txn)
         if authorization and authorization:lower():sub(1, 7) == "apikey " then
             headers["authorization"] = { authorization }
         else
-            local token = txn.f:url_param("access_token")
-            if token then
-                token = txn.c:url_dec(token)
-                if not (token and token:match(CREDENTIAL)) then
-                    txn:set_var("txn.credentials_status", 401)
+            if txn.f:url_param("access_token") then
+                local token = credential_param(txn, "access_token")
+                if not token then
                     return
                 end
                 headers["authorization"] = { "Bearer " .. token }
@@ -46,11 +54,9 @@ core.register_action("check_credentials", { "http-req" }, function(txn)
         if cookie then
             headers["cookie"] = { cookie }
         end
-        local key = txn.f:url_param("api_key")
-        if key then
-            key = txn.c:url_dec(key)
-            if not (key and key:match(CREDENTIAL)) then
-                txn:set_var("txn.credentials_status", 401)
+        if txn.f:url_param("api_key") then
+            local key = credential_param(txn, "api_key")
+            if not key then
                 return
             end
             headers["x-tiled-front-door-api-key"] = { key }
