@@ -1,0 +1,43 @@
+"""Apply the upstream-fix series to the installed packages, or fail with the patch's name.
+
+Run in the Tiled image's build stage: `python3 apply.py SITE_PACKAGES`. Each patch named
+in `series` (in order) must apply exactly where it was made: GNU patch with no fuzz, and
+any hunk that lands at an offset is refused too, so a bumped Tiled whose code moved or
+changed fails `make images` here instead of serving a stale fix.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def series() -> list[Path]:
+    names = [line.split("#")[0].strip() for line in (HERE / "series").read_text().splitlines()]
+    return [HERE / name for name in names if name]
+
+
+def patch(site_packages: str, path: Path, *extra: str) -> str:
+    done = subprocess.run(["patch", "-p1", "--fuzz=0", "--forward", "--batch", "--no-backup-if-mismatch",
+                           "-d", site_packages, "-i", str(path), *extra], capture_output=True, text=True)
+    output = done.stdout + done.stderr
+    if done.returncode or re.search(r"\b(offset|fuzz)\b", output, re.IGNORECASE):
+        sys.exit(f"tiled-stack: patch {path.name} does not apply exactly to the pinned packages:\n{output}"
+                 f"Refresh it against the new source (or drop it if upstream fixed it), then `make images`.")
+    return output
+
+
+def main() -> None:
+    (site_packages,) = sys.argv[1:]
+    patches = series()
+    for path in patches:
+        patch(site_packages, path, "--dry-run")  # all or nothing per patch
+        patch(site_packages, path)
+        print(f"tiled-stack: applied {path.name}", flush=True)
+    print(f"tiled-stack: {len(patches)} upstream fixes applied", flush=True)
+
+
+if __name__ == "__main__":
+    main()
