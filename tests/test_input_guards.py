@@ -1,4 +1,5 @@
-"""Fast tier: registration outside readable storage and assets in POST /metadata get a 400.
+"""Fast tier: registration outside readable storage, assets in POST /metadata and NUL
+characters (which PostgreSQL cannot store) get a 400.
 
 In-process against Tiled with an SQLite catalog; the same requests through
 HAProxy are in tests/test_bad_input_live.py.
@@ -39,6 +40,13 @@ with TestClient(app, raise_server_exceptions=False) as c:
                                                                    "specs": [], "data_sources": [], "metadata": {}}
                            ).status_code for bad in ["../x", "a/b", "..", "."]]
     out["keys"] = sorted(c.get("/api/v1/search/", headers=key).json()["data"][i]["id"] for i in range(2))
+    nul = {"id": "nul", "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"a\x00": 1}}
+    out["nul"] = [c.get("/api/v1/metadata/a%00b", headers=key).status_code,
+                  c.get("/api/v1/search/?filter[fulltext][condition][text]=%00", headers=key).status_code,
+                  c.post("/api/v1/metadata/", headers=key, json=nul).status_code,
+                  c.patch("/api/v1/metadata/plain", headers=key, json={"metadata": {"b": "x\x00"}}).status_code]
+    out["nul_detail"] = c.get("/api/v1/metadata/a%00b", headers=key).json()["detail"]
+    out["plain_after"] = c.get("/api/v1/metadata/plain", headers=key).json()["data"]["attributes"]["metadata"]
 print(json.dumps(out))
 """
 
@@ -53,3 +61,5 @@ def test_bad_registrations_are_refused_and_good_input_passes():
     assert out["plain"] == 200
     assert out["names"] == [400, 400, 400, 400]
     assert out["keys"] == ["inside", "plain"], "a refused request must change nothing"
+    assert out["nul"] == [400, 400, 400, 400] and "NUL" in out["nul_detail"], out
+    assert out["plain_after"] == {"a": 1}, "a refused PATCH must change nothing"

@@ -11,16 +11,20 @@
    returned here as a 400.
 3. Node names with a '/' or made only of dots ("../x", "..") are accepted by
    Tiled as keys; here they get a 400 (a path segment must be one name).
+4. A NUL character, in the URL's path or query (`%00`) or in a string of a JSON
+   body of POST/PUT/PATCH /metadata or POST /register (`\\u0000`): PostgreSQL's text
+   and jsonb cannot hold one, and Tiled passed it on to the catalog's SQL, which
+   failed with a 500 (found by tests/test_fuzz_live.py). Here it is a 400.
 
-An ASGI middleware: it reads the JSON body of those two POSTs only, and
-replays it unchanged to Tiled when it passes. Delete each part when upstream
-validates registration paths / fixes the HTTPException.
+An ASGI middleware: it reads the JSON body of those requests only, and replays
+it unchanged to Tiled when it passes. Delete each part when upstream validates
+registration paths / fixes the HTTPException / refuses NUL for PostgreSQL.
 """
 
 import json
 import os
 import posixpath
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, unquote_to_bytes, urlparse
 
 from tiled_stack import app_hooks
 
@@ -41,12 +45,30 @@ def outside(uri: str, roots: list[str]) -> bool:
     return not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-def problem(path: str, body: bytes, roots: list[str]) -> str | None:
+JSON_BODIES = {"POST": ("/api/v1/register", "/api/v1/metadata"), "PUT": ("/api/v1/metadata",),
+               "PATCH": ("/api/v1/metadata",)}
+NUL_IN_URL = "a NUL character (%00) in the URL: the catalog (PostgreSQL) cannot store one"
+NUL_IN_BODY = "a NUL character (\\u0000) in a string of the body: the catalog (PostgreSQL) cannot store one"
+
+
+def has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
+
+
+def problem(method: str, path: str, body: bytes, roots: list[str]) -> str | None:
     try:
         document = json.loads(body)
     except ValueError:
         return None  # Tiled answers malformed JSON with its own 422
-    if not isinstance(document, dict):
+    if has_nul(document):
+        return NUL_IN_BODY
+    if not isinstance(document, dict) or method != "POST":
         return None
     key = document.get("id")
     if isinstance(key, str) and ("/" in key or "\\" in key or key.strip(".") == ""):
@@ -65,15 +87,26 @@ def problem(path: str, body: bytes, roots: list[str]) -> str | None:
     return None
 
 
+async def refuse(send, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class InputGuards:
     def __init__(self, app):
         self.app = app
         self.roots = allowed_roots()
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        if not (scope["type"] == "http" and scope["method"] == "POST"
-                and path.startswith(("/api/v1/register", "/api/v1/metadata"))):
+        if "\x00" in path or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            return await refuse(send, NUL_IN_URL)
+        if not path.startswith(JSON_BODIES.get(scope["method"], ())):
             return await self.app(scope, receive, send)
         chunks, more = [], True
         while more:
@@ -83,14 +116,9 @@ class InputGuards:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        found = problem(path, body, self.roots)
+        found = problem(scope["method"], path, body, self.roots)
         if found:
-            payload = json.dumps({"detail": found}).encode()
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
+            return await refuse(send, found)
         replayed = False
 
         async def replay():
