@@ -60,22 +60,24 @@ def catalog_outside(stack, values, sandbox_id: int) -> dict:
         "revisions": f"select r::text from revisions r where node_id in ({OUTSIDE}) order by id",
         "assets": "select a::text from assets a join data_source_asset_association x on x.asset_id = a.id "
                   f"join data_sources d on d.id = x.data_source_id where d.node_id in ({OUTSIDE}) order by a.id",
-        "webhooks": "select w::text from webhooks w order by id",
+        "webhooks": f"select w::text from webhooks w where node_id in ({OUTSIDE}) order by id",
     }
     with psycopg.connect(catalog_dsn(stack, values)) as conn:
         return {name: (len(rows := conn.execute(q, {"sandbox": sandbox_id}).fetchall()),
                        hash(tuple(r[0] for r in rows))) for name, q in queries.items()}
 
 
-def storage_rows(stack, values) -> Counter:
-    """Rows per (table, dataset) in the storage database."""
-    counts = Counter()
+def storage_rows(stack, values) -> dict:
+    """(table, dataset) → (rows, a digest of their contents) in the storage database."""
+    digests = {}
     with psycopg.connect(storage_dsn(stack, values)) as conn:
         tables = [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = 'public'")]
         for table in tables:
-            for dataset, n in conn.execute(f'select _dataset_id, count(*) from "{table}" group by 1'):
-                counts[(table, dataset)] = n
-    return counts
+            for dataset, n, digest in conn.execute(
+                    f'select _dataset_id, count(*), md5(string_agg(t::text, \'|\' order by t::text)) '
+                    f'from "{table}" t group by 1'):
+                digests[(table, dataset)] = (n, digest)
+    return digests
 
 
 def sandbox_datasets(stack, values, sandbox_id: int) -> set[tuple]:
@@ -84,6 +86,12 @@ def sandbox_datasets(stack, values, sandbox_id: int) -> set[tuple]:
             "select parameters->>'table_name', (parameters->>'dataset_id')::int from data_sources where node_id in "
             "(select descendant from nodes_closure where ancestor = %s) and parameters ? 'dataset_id'",
             (sandbox_id,)).fetchall())
+
+
+def victims_left(stack, values, sandbox_id: int) -> int:
+    with psycopg.connect(catalog_dsn(stack, values)) as conn:
+        return conn.execute("select count(*) from nodes where parent = "
+                            "(select id from nodes where parent = %s and key = 'victims')", (sandbox_id,)).fetchone()[0]
 
 
 def replicas(stack) -> dict:
@@ -102,6 +110,7 @@ def sandbox(tiled):
     frame = pa.table({"seq_num": np.arange(1, 11), "det": np.linspace(0, 1, 10)})
     box.create_appendable_table(frame.schema, key="table").append_partition(0, frame)
     box.create_container("container").write_array(np.arange(4), key="inner")
+    box.create_container("decoy")
     victims = box.create_container("victims")
     paths = []
     for i in range(VICTIMS):
@@ -126,16 +135,18 @@ def fuzz(stack, sandbox, log: Path, report: Path, api_key: str) -> subprocess.Co
     return subprocess.run(command, env=env, cwd=ROOT, text=True, capture_output=True, timeout=900)
 
 
-def summary(log: Path) -> tuple[dict, Counter, dict]:
-    by_operation, unclean, first_5xx = defaultdict(Counter), Counter(), {}
+def summary(log: Path) -> tuple[dict, Counter, dict, int]:
+    by_operation, unclean, first_5xx, largest = defaultdict(Counter), Counter(), {}, 0
     for line in log.read_text().splitlines():
         answer = json.loads(line)
+        if 400 <= answer["status"] < 500:
+            largest = max(largest, answer["bytes"])
         by_operation[answer["operation"]][answer["status"]] += 1
         if not answer["clean"]:
             unclean[answer["operation"]] += 1
         if answer["status"] >= 500:
             first_5xx.setdefault(answer["operation"], answer["head"])
-    return by_operation, unclean, first_5xx
+    return by_operation, unclean, first_5xx, largest
 
 
 def table(by_operation: dict, documented: set[str]) -> str:
@@ -158,6 +169,7 @@ def table(by_operation: dict, documented: set[str]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(1200)  # the stack's start (first test) plus the run's own 900 s bound
 @pytest.mark.parametrize("credentials", ["with the key", "without credentials"])
 def test_fuzzed_requests_get_no_server_error(stack, values, api_key, tiled, sandbox, tmp_path, credentials):
     name, _ = sandbox
@@ -165,12 +177,13 @@ def test_fuzzed_requests_get_no_server_error(stack, values, api_key, tiled, sand
         (sandbox_id,) = conn.execute("select id from nodes where parent = 0 and key = %s", (name,)).fetchone()
     catalog_before, storage_before, replicas_before = (
         catalog_outside(stack, values, sandbox_id), storage_rows(stack, values), replicas(stack))
+    mine_before, victims_before = sandbox_datasets(stack, values, sandbox_id), victims_left(stack, values, sandbox_id)
     log, report = tmp_path / "answers.ndjson", tmp_path / "junit.xml"
     started = time.monotonic()
     done = fuzz(stack, sandbox, log, report, api_key if credentials == "with the key" else "")
     took = time.monotonic() - started
 
-    by_operation, unclean, first_5xx = summary(log)
+    by_operation, unclean, first_5xx, largest = summary(log)
     paths = httpx.get(f"{stack.local_url}/openapi.json", timeout=30).json()["paths"]
     documented = {f"{m.upper()} {p}" for p, methods in paths.items() for m in methods}
     requests = sum(sum(c.values()) for c in by_operation.values())
@@ -197,9 +210,13 @@ def test_fuzzed_requests_get_no_server_error(stack, values, api_key, tiled, sand
 
     # Nothing outside the sandbox changed, and no replica restarted.
     assert catalog_outside(stack, values, sandbox_id) == catalog_before, "catalog rows outside the sandbox changed"
-    mine = sandbox_datasets(stack, values, sandbox_id)
+    mine = mine_before | sandbox_datasets(stack, values, sandbox_id)
     storage_after = storage_rows(stack, values)
     changed = {k for k in storage_before.keys() | storage_after.keys()
                if storage_before.get(k) != storage_after.get(k) and k not in mine}
     assert not changed, f"storage rows outside the sandbox changed: {changed}"
     assert replicas(stack) == replicas_before, "a replica restarted during the fuzz"
+    deleted = victims_before - victims_left(stack, values, sandbox_id)
+    print(f"victims deleted: {deleted}; client-error bodies up to {largest} bytes")
+    if credentials == "with the key":
+        assert deleted > 0, "no DELETE reached a victim: the DELETE operations were not exercised"

@@ -40,12 +40,22 @@ with TestClient(app, raise_server_exceptions=False) as c:
                                                                    "specs": [], "data_sources": [], "metadata": {}}
                            ).status_code for bad in ["../x", "a/b", "..", "."]]
     out["keys"] = sorted(c.get("/api/v1/search/", headers=key).json()["data"][i]["id"] for i in range(2))
+
+    def merge(metadata):
+        return {"content-type": "application/merge-patch+json", "specs": None, "metadata": metadata}
     nul = {"id": "nul", "structure_family": "container", "specs": [], "data_sources": [], "metadata": {"a\x00": 1}}
     out["nul"] = [c.get("/api/v1/metadata/a%00b", headers=key).status_code,
                   c.get("/api/v1/search/?filter[fulltext][condition][text]=%00", headers=key).status_code,
                   c.post("/api/v1/metadata/", headers=key, json=nul).status_code,
-                  c.patch("/api/v1/metadata/plain", headers=key, json={"metadata": {"b": "x\x00"}}).status_code]
+                  c.patch("/api/v1/metadata/plain", headers=key, json=merge({"b": "x\x00"})).status_code,
+                  c.patch("/api/v1/metadata/plain", headers={**key, "Content-Type": "application/json"},
+                          content=b'{"content-type": "application/merge-patch+json", "specs": null, "metadata": {"\\ud800": 1}}'
+                          ).status_code,
+                  c.post("/api/v1/metadata/", headers=key, content=b"[" * 3000 + b"]" * 3000,
+                         ).status_code < 500]
     out["nul_detail"] = c.get("/api/v1/metadata/a%00b", headers=key).json()["detail"]
+    out["plain_after_refused"] = c.get("/api/v1/metadata/plain", headers=key).json()["data"]["attributes"]["metadata"]
+    out["patch_ok"] = c.patch("/api/v1/metadata/plain", headers=key, json=merge({"c": 2})).status_code
     out["plain_after"] = c.get("/api/v1/metadata/plain", headers=key).json()["data"]["attributes"]["metadata"]
 print(json.dumps(out))
 """
@@ -61,5 +71,7 @@ def test_bad_registrations_are_refused_and_good_input_passes():
     assert out["plain"] == 200
     assert out["names"] == [400, 400, 400, 400]
     assert out["keys"] == ["inside", "plain"], "a refused request must change nothing"
-    assert out["nul"] == [400, 400, 400, 400] and "NUL" in out["nul_detail"], out
-    assert out["plain_after"] == {"a": 1}, "a refused PATCH must change nothing"
+    assert out["nul"] == [400, 400, 400, 400, 400, True] and "NUL" in out["nul_detail"], out
+    # The refused PATCHes changed nothing; the same PATCH without a NUL is accepted.
+    assert out["plain_after_refused"] == {"a": 1}, out
+    assert out["patch_ok"] == 200 and out["plain_after"] == {"a": 1, "c": 2}, out

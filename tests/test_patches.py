@@ -31,12 +31,16 @@ EXPECTED = {
     "0004 zarr v3 chunk key not integers": 400,
     "0005 non-Latin-1 filename": 200,
     "0006 PATCH shape=scalar": 415,
+    "0007 JSON patch of a missing key": 422,
     "0008 data source structure not a dict": 422,
     "0009 revision number past int64": 422,
+    "0009 asset id past int64": 422,
     "0010 expected_shape mismatch": 422,
     "0011 csrf_token in the query": 422,
     "0013 slice past the end": 400,
     "0014 format with a bad parameter": 406,
+    "0015 filter without its value": 400,
+    "0016 array node without a data source": 422,
 }
 # This host's Python quotes a control character in a cookie; the image's (Debian's 3.11,
 # with the CVE-2024-7592 era fixes to http.cookies) raises CookieError, which the fuzz found
@@ -65,16 +69,23 @@ with TestClient(app, raise_server_exceptions=False) as c:
         "0005 non-Latin-1 filename": ("GET", "/api/v1/array/full/arr?format=application/json&filename=%E2%82%AC.json",
                                       {"headers": key}),
         "0006 PATCH shape=scalar": ("PATCH", "/api/v1/array/full/arr?offset=0&shape=scalar", {"headers": key}),
+        "0007 JSON patch of a missing key": ("PATCH", "/api/v1/metadata/arr", {"headers": key, "json": {
+            "content-type": "application/json-patch+json", "specs": None,
+            "metadata": [{"op": "remove", "path": "/nope"}]}}),
         "0008 data source structure not a dict": ("PUT", "/api/v1/data_source/arr", {"headers": key, "json": {
             "data_source": {"structure_family": "array", "structure": [1], "mimetype": None, "parameters": {},
                             "assets": [], "management": "writable"}}}),
         "0009 revision number past int64": ("DELETE", "/api/v1/revisions/arr?number=99999999999999999999",
                                             {"headers": key}),
+        "0009 asset id past int64": ("GET", "/api/v1/asset/bytes/arr?id=99999999999999999999", {"headers": key}),
         "0010 expected_shape mismatch": ("GET", "/api/v1/array/full/arr?expected_shape=3", {"headers": key}),
         "0011 csrf_token in the query": ("POST", "/api/v1/metadata/?csrf=t", {
             "cookies": {"tiled_api_key": "k", "tiled_csrf": "t"}, "json": {"structure_family": "nonsense"}}),
         "0013 slice past the end": ("GET", "/api/v1/array/full/arr?slice=100", {"headers": key}),
         "0014 format with a bad parameter": ("GET", "/api/v1/array/full/arr?format=text/csv;x", {"headers": key}),
+        "0015 filter without its value": ("GET", "/api/v1/search/?filter[eq][condition][key]=a", {"headers": key}),
+        "0016 array node without a data source": ("POST", "/api/v1/metadata/", {"headers": key, "json": {
+            "structure_family": "array", "metadata": {}, "specs": [], "data_sources": []}}),
     }
     for name, (method, url, kwargs) in requests.items():
         c.cookies.clear()  # only the cookies a request names
@@ -124,7 +135,10 @@ def test_every_patch_is_in_the_series_with_its_header():
     assert sorted(p.name for p in PATCHES.glob("*.patch")) == sorted(names)
     for name in names:
         head = (PATCHES / name).read_text().split("\n--- a/")[0]
-        assert "Fixes:" in head and "Upstream:" in head, f"{name}: say what it fixes and its upstream status"
+        fields = [line.split(":")[0] for line in head.splitlines() if line and not line.startswith(" ")]
+        # DEP-3, as Debian's quilt series (docs/upstream-fixes.md)
+        assert {"Description", "Origin", "Forwarded", "Last-Update"} <= set(fields), f"{name}: DEP-3 header {fields}"
+        assert "Fixes:" in head, f"{name}: say what it fixes"
 
 
 def test_a_patch_that_does_not_apply_exactly_stops_the_build(patched, tmp_path):

@@ -2,8 +2,9 @@
 
 Run in the Tiled image's build stage: `python3 apply.py SITE_PACKAGES`. Each patch named
 in `series` (in order) must apply exactly where it was made: GNU patch with no fuzz, and
-any hunk that lands at an offset is refused too, so a bumped Tiled whose code moved or
-changed fails `make images` here instead of serving a stale fix.
+any hunk that lands at an offset is refused too, as is a patch that changes no file, so a
+bumped Tiled whose code moved or changed fails `make images` here instead of serving a
+stale fix.
 """
 
 import re
@@ -23,7 +24,10 @@ def patch(site_packages: str, path: Path, *extra: str) -> str:
     done = subprocess.run(["patch", "-p1", "--fuzz=0", "--forward", "--batch", "--no-backup-if-mismatch",
                            "-d", site_packages, "-i", str(path), *extra], capture_output=True, text=True)
     output = done.stdout + done.stderr
-    if done.returncode or re.search(r"\b(offset|fuzz)\b", output, re.IGNORECASE):
+    files = len(re.findall(r"^\+\+\+ ", path.read_text(), re.MULTILINE))
+    touched = len(re.findall(r"^(checking|patching) file ", output, re.MULTILINE))
+    if (done.returncode or files == 0 or touched != files
+            or re.search(r"\b(offset|fuzz)\b", output, re.IGNORECASE)):
         sys.exit(f"tiled-stack: patch {path.name} does not apply exactly to the pinned packages:\n{output}"
                  f"Refresh it against the new source (or drop it if upstream fixed it), then `make images`.")
     return output

@@ -12,9 +12,11 @@
 3. Node names with a '/' or made only of dots ("../x", "..") are accepted by
    Tiled as keys; here they get a 400 (a path segment must be one name).
 4. A NUL character, in the URL's path or query (`%00`) or in a string of a JSON
-   body of POST/PUT/PATCH /metadata or POST /register (`\\u0000`): PostgreSQL's text
-   and jsonb cannot hold one, and Tiled passed it on to the catalog's SQL, which
-   failed with a 500 (found by tests/test_fuzz_live.py). Here it is a 400.
+   body (`\\u0000`) of POST/PUT/PATCH /metadata, POST /register, PUT /data_source or
+   POST /webhooks/target, and a lone surrogate (`\\ud800`) in such a body: PostgreSQL's
+   text and jsonb cannot hold them, and Tiled passed them on to the catalog's SQL, which
+   failed with a 500 (found by tests/test_fuzz_live.py). Here it is a 400 (a websocket
+   with one in its URL is closed before it is accepted: 403).
 
 An ASGI middleware: it reads the JSON body of those requests only, and replays
 it unchanged to Tiled when it passes. Delete each part when upstream validates
@@ -24,6 +26,7 @@ registration paths / fixes the HTTPException / refuses NUL for PostgreSQL.
 import json
 import os
 import posixpath
+import re
 from urllib.parse import unquote, unquote_to_bytes, urlparse
 
 from tiled_stack import app_hooks
@@ -45,30 +48,40 @@ def outside(uri: str, roots: list[str]) -> bool:
     return not any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
-JSON_BODIES = {"POST": ("/api/v1/register", "/api/v1/metadata"), "PUT": ("/api/v1/metadata",),
-               "PATCH": ("/api/v1/metadata",)}
+JSON_BODIES = {"POST": ("/api/v1/register", "/api/v1/metadata", "/api/v1/webhooks/target"),
+               "PUT": ("/api/v1/metadata", "/api/v1/data_source"), "PATCH": ("/api/v1/metadata",)}
 NUL_IN_URL = "a NUL character (%00) in the URL: the catalog (PostgreSQL) cannot store one"
-NUL_IN_BODY = "a NUL character (\\u0000) in a string of the body: the catalog (PostgreSQL) cannot store one"
+NOT_STORABLE = ("a NUL character (\\u0000) or a lone surrogate (\\ud800-\\udfff) in a string of the body: "
+                "the catalog (PostgreSQL) cannot store one")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
+def unstorable(document) -> bool:
+    """Whether any string (key or value) in a parsed JSON document has a character
+    PostgreSQL cannot store. A loop, not recursion: a deeply nested body is no error."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if UNSTORABLE.search(value):
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
     return False
 
 
 def problem(method: str, path: str, body: bytes, roots: list[str]) -> str | None:
     try:
         document = json.loads(body)
-    except ValueError:
-        return None  # Tiled answers malformed JSON with its own 422
-    if has_nul(document):
-        return NUL_IN_BODY
-    if not isinstance(document, dict) or method != "POST":
+    except (ValueError, RecursionError):
+        return None  # Tiled answers malformed (or too deeply nested) JSON with its own 4xx
+    if unstorable(document):
+        return NOT_STORABLE
+    if not (isinstance(document, dict) and method == "POST"
+            and path.startswith(("/api/v1/register", "/api/v1/metadata"))):
         return None
     key = document.get("id")
     if isinstance(key, str) and ("/" in key or "\\" in key or key.strip(".") == ""):
@@ -101,11 +114,15 @@ class InputGuards:
         self.roots = allowed_roots()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         if "\x00" in path or b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
             return await refuse(send, NUL_IN_URL)
+        if scope["type"] == "websocket":
+            return await self.app(scope, receive, send)
         if not path.startswith(JSON_BODIES.get(scope["method"], ())):
             return await self.app(scope, receive, send)
         chunks, more = [], True
