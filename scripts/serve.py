@@ -178,6 +178,9 @@ def main() -> None:
     temporary = os.environ.get("TEMP") == "1"
     readable = readable_dirs(os.environ.get("READABLE", ""))
     with socket.socket() as s:
+        # As uvicorn binds: a port whose old connections sit in TIME_WAIT (Tiled closed them at
+        # the last Ctrl-C) is free; one that something listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:

@@ -1,5 +1,6 @@
 """`make serve` (single process) behaviour that the conformance suite does not cover."""
 
+import json
 import os
 import re
 import secrets
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 from tiled.client import from_uri
+from websockets.sync.client import connect
 
 from conformance.conftest import ServeProcess
 from conftest import ROOT, free_port, make
@@ -205,3 +208,37 @@ def test_ctrl_c_in_the_narrowest_windows_is_not_lost(tmp_path, window, knobs, re
     text = log.read_text()[-2000:]
     assert left == [], f"Tiled outlived a Ctrl-C that came as it started: {left}\n{text}"
     assert containers == [], f"Redis outlived a Ctrl-C that came as it was created\n{text}"
+
+
+def time_wait_sockets(port: int) -> int:
+    """Connections of 127.0.0.1:`port` in TIME_WAIT, from /proc/net/tcp."""
+    local = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "06")
+
+
+def test_a_restart_at_once_after_ctrl_c_with_clients_connected_starts(tmp_path):
+    """Tiled closes its open connections at Ctrl-C, which leaves the port in TIME_WAIT for
+    a minute: `make serve` on the same port must start at once all the same."""
+    first = ServeProcess(tmp_path / "first.log", TEMP="1")
+    key = {"Authorization": f"Apikey {first.api_key}"}
+    node = from_uri(first.url, api_key=first.api_key).create_appendable_table(
+        pa.schema([("v", pa.int64())]), key="watched")
+    node.append_partition(0, pa.table({"v": [0]}))
+    kept = [httpx.Client(base_url=first.url, headers=key) for _ in range(3)]
+    for client in kept:  # each keeps its connection open after its answer
+        assert client.get("/api/v1/metadata/").status_code == 200
+    socket_url = f"ws://127.0.0.1:{first.port}/api/v1/stream/single/watched?envelope_format=json"
+    with connect(socket_url, additional_headers=key) as websocket:
+        assert json.loads(websocket.recv(timeout=10))["type"] == "table-schema", "the websocket is not open"
+        output = first.stop()
+    for client in kept:
+        client.close()
+    assert "✓ Tiled stopped" in output, output[-3000:]
+    assert time_wait_sockets(first.port) > 0, "Tiled closed no connection itself: the test tests nothing"
+    second = ServeProcess(tmp_path / "second.log", port=first.port, TEMP="1")
+    try:
+        assert httpx.get(f"{second.url}/api/v1/metadata/", headers={
+            "Authorization": f"Apikey {second.api_key}"}).status_code == 200
+    finally:
+        assert "✓ Tiled stopped" in second.stop()

@@ -12,6 +12,7 @@ skip, without it.
 
 import dataclasses
 import os
+from typing import Callable
 import secrets
 import signal
 import subprocess
@@ -33,13 +34,16 @@ class Deployment:
     url: str
     api_key: str
     readable_dir: Path
+    # The server's own process or thread, not only its port: a snapshot that is truthy
+    # while it runs, and unchanged while nothing restarted it.
+    alive: Callable[[], object]
 
 
 class ServeProcess:
     """`make serve` in the background, stopped with SIGINT as Ctrl-C would."""
 
-    def __init__(self, log: Path, **knobs):
-        self.port = free_port()
+    def __init__(self, log: Path, port: int | None = None, **knobs):
+        self.port = port or free_port()
         self.api_key = secrets.token_hex(16)
         env = {**os.environ, "PORT": str(self.port), "API_KEY": self.api_key, **knobs}
         self.log = log
@@ -69,6 +73,16 @@ class ServeProcess:
         return self.log.read_text()
 
 
+def replicas_running(stack) -> tuple:
+    """Each Tiled replica (id, restarts), or () if one is not running."""
+    from scripts.docker_api import project_containers
+
+    replicas = project_containers(stack.project, "tiled", all=True)
+    if any(c.status != "running" for c in replicas):
+        return ()
+    return tuple(sorted((c.id, c.attrs["RestartCount"]) for c in replicas))
+
+
 def readable(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("detectors")
     folder.chmod(0o755)
@@ -87,7 +101,8 @@ def deployment(request, tmp_path_factory):
 
         detectors = readable(tmp_path_factory)
         server = start(readable_storage=detectors)
-        yield Deployment(mode, f"http://127.0.0.1:{server.port}", server.api_key, detectors)
+        yield Deployment(mode, f"http://127.0.0.1:{server.port}", server.api_key, detectors,
+                         lambda: server._server.thread.is_alive())
         server.close()
     elif mode.startswith("serve-"):
         if mode == "serve-redis":
@@ -101,11 +116,11 @@ def deployment(request, tmp_path_factory):
         if mode == "serve-redis":
             knobs["STREAMING"] = "1"
         server = ServeProcess(tmp_path_factory.mktemp("log") / "serve.log", **knobs)
-        yield Deployment(mode, server.url, server.api_key, detectors)
+        yield Deployment(mode, server.url, server.api_key, detectors, lambda: server.process.poll() is None)
         output = server.stop()
         assert "✓ Tiled stopped" in output, output[-3000:]
     else:
         stack = request.getfixturevalue("stack")
         key = request.getfixturevalue("api_key")
         detectors = Path(stack.values["TILED_READABLE_STORAGE"].split(":")[0])
-        yield Deployment(mode, stack.local_url, key, detectors)
+        yield Deployment(mode, stack.local_url, key, detectors, lambda: replicas_running(stack))
