@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches test test-fast lock
+.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single test test-fast lock
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,9 @@ bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=
 
 bench-switches: venv ## What each CPU fix is worth: side replicas, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min)
 	@$(RUN) scripts.bench_switches
+
+bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3; ≈ 2 min)
+	@$(RUN) scripts.bench_single
 
 test: venv ## Run the whole test suite (fast tier, then a live stack of its own)
 	@$(VENV) -m pytest

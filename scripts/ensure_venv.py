@@ -2,9 +2,17 @@
 
 Standard library only: it runs before the venv exists. Reinstalls only when
 requirements/host.txt changed since the last install. Safe to rerun.
+
+The upstream-fix series (tiled/patches) is applied to the venv's Tiled and
+strawberry too, exactly as in the image, because `make serve` and the embedded
+mode (examples/embedded.py) run this Tiled. The unpatched packages are kept in
+.venv/upstream/: the series is reapplied from them when it changes, and the tests
+compare against them.
 """
 
 import hashlib
+import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -13,29 +21,90 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements" / "host.txt"
+PATCHES = ROOT / "tiled" / "patches"
+UPSTREAM = VENV / "upstream"  # the patched packages as released, for reapplying and for the tests
+PATCHED = {"tiled": "tiled", "strawberry": "strawberry-graphql"}  # import name -> distribution
 MARKER = VENV / ".host.txt.sha256"
+PATCH_MARKER = VENV / ".patches.sha256"
+
+
+def fail(what: str, next_step: str) -> None:
+    sys.exit(f"✗ {what}\n  → {next_step}")
+
+
+def digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def site_packages() -> Path:
+    done = subprocess.run([str(VENV / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True)
+    return Path(done.stdout.strip())
+
+
+def pins() -> list[str]:
+    lines = LOCK.read_text().splitlines()
+    found = [line.strip() for line in lines for dist in PATCHED.values() if re.match(rf"{dist}==", line)]
+    if len(found) != len(PATCHED):
+        fail(f"{LOCK.relative_to(ROOT)} does not pin {', '.join(PATCHED.values())}", "run `make lock`")
+    return found
+
+
+def install(pip: list[str]) -> None:
+    print(f"▶ installing pinned packages from {LOCK.relative_to(ROOT)} into {VENV.name}/ (≈1–2 min, once)",
+          flush=True)
+    if subprocess.run([*pip, "--requirement", str(LOCK)]).returncode:
+        fail("installing the host packages failed",
+             "check that this host reaches PyPI (or set PIP_INDEX_URL to your mirror) and rerun")
+    if UPSTREAM.exists():  # patched before: pip kept the patched copies of unchanged pins
+        if subprocess.run([*pip, "--no-deps", "--force-reinstall", *pins()]).returncode:
+            fail("reinstalling the unpatched Tiled failed", "check that this host reaches PyPI and rerun")
+    site = site_packages()
+    shutil.rmtree(UPSTREAM, ignore_errors=True)
+    for name in PATCHED:
+        shutil.copytree(site / name, UPSTREAM / name, ignore=shutil.ignore_patterns("__pycache__"))
+    MARKER.write_text(digest(LOCK))
+    PATCH_MARKER.unlink(missing_ok=True)
+
+
+def apply_series() -> None:
+    if not shutil.which("patch"):
+        fail("the upstream fixes need GNU patch on this host", "`sudo apt-get install patch`, then rerun")
+    site = site_packages()
+    for name in PATCHED:  # start from the release, whatever an earlier series left
+        shutil.rmtree(site / name)
+        shutil.copytree(UPSTREAM / name, site / name)
+    print(f"▶ applying the upstream fixes ({PATCHES.relative_to(ROOT)}/series) to {VENV.name}/", flush=True)
+    done = subprocess.run([str(VENV / "bin" / "python"), str(PATCHES / "apply.py"), str(site)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stderr)
+        fail("a patch of the series does not apply to the pinned Tiled (named above)",
+             "refresh that patch against the pinned source, or drop it if upstream fixed it")
+    PATCH_MARKER.write_text(digest(*sorted(PATCHES.iterdir())))
+    print(f"✓ {done.stdout.strip().splitlines()[-1].removeprefix('tiled-stack: ')}", flush=True)
 
 
 def main() -> None:
     if sys.version_info < (3, 10):
-        sys.exit(f"✗ Python {sys.version.split()[0]} is too old\n  → install Python ≥ 3.10 as python3")
-    wanted = hashlib.sha256(LOCK.read_bytes()).hexdigest()
-    if MARKER.exists() and MARKER.read_text() == wanted:
+        fail(f"Python {sys.version.split()[0]} is too old", "install Python ≥ 3.10 as python3")
+    host_current = MARKER.exists() and MARKER.read_text() == digest(LOCK) and UPSTREAM.is_dir()
+    patches_current = PATCH_MARKER.exists() and PATCH_MARKER.read_text() == digest(*sorted(PATCHES.iterdir()))
+    if host_current and patches_current:
         return
     if not (VENV / "bin" / "python").exists():
         print(f"▶ creating {VENV.name}/ (Python {sys.version.split()[0]})", flush=True)
         try:
             venv.create(VENV, with_pip=True)
         except Exception as err:  # Debian without python3-venv raises CalledProcessError
-            sys.exit(f"✗ could not create {VENV}: {err}\n  → install the venv module "
-                     "(`sudo apt-get install python3-venv`) and rerun")
-    print(f"▶ installing pinned packages from {LOCK.relative_to(ROOT)} into {VENV.name}/ (≈1–2 min, once)",
-          flush=True)
-    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    if subprocess.run([*pip, "--requirement", str(LOCK)]).returncode:
-        sys.exit("✗ installing the host packages failed\n  → check that this host reaches PyPI "
-                 "(or set PIP_INDEX_URL to your mirror) and rerun")
-    MARKER.write_text(wanted)
+            fail(f"could not create {VENV}: {err}", "install the venv module (`sudo apt-get install python3-venv`) "
+                 "and rerun")
+    if not host_current:
+        install([str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+    apply_series()
     print(f"✓ {VENV.name}/ ready", flush=True)
 
 

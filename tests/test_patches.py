@@ -1,11 +1,12 @@
 """Fast tier: the upstream-fix series (tiled/patches) applies exactly, refuses to apply
 anywhere else, and each fix is active.
 
-The series is applied, as the image's build stage does, to a copy of the host venv's
-tiled and strawberry (the same pinned versions as the image). One request per fix is
-sent in-process to Tiled's app (SQLite catalog) built from the patched copy and from the
-unpatched packages: the unpatched app answers each with a 500 (so the request reaches
-the bug), the patched one with the status in EXPECTED.
+The series is applied, as the image's build stage does, to a copy of the unpatched
+tiled and strawberry that `make venv` keeps in .venv/upstream/ (the same pinned versions
+as the image). One request per fix is sent in-process to Tiled's app (SQLite catalog)
+built from the patched copy and from the unpatched packages: the unpatched app answers
+each with a 500 (so the request reaches the bug), the patched one with the status in
+EXPECTED. The DuckDB pool (0017) is checked on the storage object itself.
 """
 
 import json
@@ -19,8 +20,7 @@ import pytest
 from conftest import ROOT, SQLITE_APP
 
 PATCHES = ROOT / "tiled" / "patches"
-SITE = Path(subprocess.run([sys.executable, "-c", "import tiled, os; print(os.path.dirname(os.path.dirname("
-                            "tiled.__file__)))"], capture_output=True, text=True, check=True).stdout.strip())
+SITE = ROOT / ".venv" / "upstream"  # the releases, unpatched (scripts/ensure_venv.py)
 
 # Request name → status with the fix (every one of them is a 500 without it).
 EXPECTED = {
@@ -49,7 +49,7 @@ UPSTREAM_500_ONLY_IN_THE_IMAGE = {"0002 api_key with a control character"}
 
 PROBE = SQLITE_APP + r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])  # the patched copy, or nothing new
+sys.path.insert(0, sys.argv[1])  # the patched copy, or the unpatched one
 import numpy as np
 import tiled
 from starlette.testclient import TestClient
@@ -124,8 +124,21 @@ def series() -> list[str]:
             if line.split("#")[0].strip()]
 
 
-def probe(path: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True, timeout=180)
+# 0017: two connections borrowed at once from a DuckDB storage must be two connections.
+POOL_PROBE = r"""
+import json, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import tiled
+from tiled.storage import parse_storage
+storage = parse_storage(f"duckdb:///{tempfile.mkdtemp()}/storage.duckdb")
+a, b = storage.connect(), storage.connect()
+print(json.dumps({"tiled": tiled.__file__, "pool": type(storage._connection_pool).__name__,
+                  "shared": a.dbapi_connection is b.dbapi_connection}))
+"""
+
+
+def probe(path: str, code: str = PROBE) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -156,9 +169,26 @@ def test_a_patch_that_does_not_apply_exactly_stops_the_build(patched, tmp_path):
     assert "compare_digest(api_key.encode()" not in moved.read_text(), "a refused patch must change nothing"
 
 
+def test_the_host_venv_is_patched_and_keeps_the_releases():
+    """`make serve` and the embedded mode run the venv's Tiled: the series is applied there too."""
+    assert (SITE / "tiled" / "storage.py").exists(), "no .venv/upstream/: run `make venv`"
+    installed = Path(subprocess.run([sys.executable, "-c", "import tiled; print(tiled.__file__)"],
+                                    capture_output=True, text=True, check=True).stdout.strip()).parent
+    assert "StaticPool(creator)" in (SITE / "tiled/storage.py").read_text()
+    assert (installed / "storage.py").read_text() != (SITE / "tiled/storage.py").read_text()
+    assert probe("/nonexistent", POOL_PROBE)["pool"] == "QueuePool"
+
+
+def test_duckdb_storage_lends_each_borrower_its_own_connection(patched):
+    before, after = probe(str(SITE), POOL_PROBE), probe(str(patched), POOL_PROBE)
+    assert before["tiled"].startswith(str(SITE)) and after["tiled"].startswith(str(patched))
+    assert before == {**before, "pool": "StaticPool", "shared": True}, before
+    assert after == {**after, "pool": "QueuePool", "shared": False}, after
+
+
 def test_each_fix_is_active(patched):
-    before, after = probe("/nonexistent"), probe(str(patched))
-    assert after["tiled"].startswith(str(patched)) and not before["tiled"].startswith(str(patched))
+    before, after = probe(str(SITE)), probe(str(patched))
+    assert after["tiled"].startswith(str(patched)) and before["tiled"].startswith(str(SITE))
     for name, status in EXPECTED.items():
         if name not in UPSTREAM_500_ONLY_IN_THE_IMAGE:
             assert before[name][0] == 500, f"{name}: upstream answers {before[name][0]}: the request misses the bug"
