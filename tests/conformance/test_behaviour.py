@@ -1,6 +1,7 @@
 """The same behaviour in every deployment option (see conftest.py for the modes)."""
 
 import asyncio
+import os
 import time
 
 import h5py
@@ -12,6 +13,7 @@ from bluesky.plans import scan
 from tiled.client import from_uri
 from tiled.client.register import register
 
+from conformance import crowd
 from conftest import StreamCollector
 from scripts.acquire import devices, writing_engine
 
@@ -95,3 +97,19 @@ def test_streaming_delivers_every_update_in_order(deployment):
     assert received.values == [1, 2, 3, 4, 5]
     first = received.sequences[0]
     assert received.sequences == list(range(first, first + 5))
+
+
+def test_a_crowd_of_readers_and_a_writer_get_right_answers(deployment):
+    """50 clients read everything a beamline reads while a writer appends: no 5xx, no
+    connection error, no wrong answer, the server still up, every appended row there."""
+    before = deployment.alive()
+    assert before, f"{deployment.mode} is not running before the crowd"
+    seconds = float(os.environ.get("CROWD_SECONDS", 20))
+    result = crowd.run(deployment.url, deployment.api_key, unique("crowd"), seconds)
+    print(f"{deployment.mode}: {result.summary()}")
+    assert not result.errors, f"{result.summary()}\n" + "\n".join(result.examples)
+    assert deployment.alive() == before, f"{deployment.mode} died or restarted under the crowd"
+    for kind in crowd.paths("x"):
+        assert sum(n for (k, _), n in result.requests.items() if k == kind) >= 5, f"few {kind} reads"
+    assert not result.append_errors and result.appended >= 50, (result.appended, result.append_errors)
+    assert result.read_back == list(range(100 + result.appended)), "appended rows missing or out of order"
