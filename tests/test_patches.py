@@ -10,6 +10,7 @@ EXPECTED. The DuckDB pool (0017) is checked on the storage object itself.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -169,13 +170,17 @@ def test_a_patch_that_does_not_apply_exactly_stops_the_build(patched, tmp_path):
     assert "compare_digest(api_key.encode()" not in moved.read_text(), "a refused patch must change nothing"
 
 
-def test_the_host_venv_is_patched_and_keeps_the_releases():
-    """`make serve` and the embedded mode run the venv's Tiled: the series is applied there too."""
+def test_the_host_venv_is_patched_and_keeps_the_releases(patched):
+    """`make serve` and the embedded mode run the venv's Tiled: the whole series is applied there too."""
     assert (SITE / "tiled" / "storage.py").exists(), "no .venv/upstream/: run `make venv`"
     installed = Path(subprocess.run([sys.executable, "-c", "import tiled; print(tiled.__file__)"],
-                                    capture_output=True, text=True, check=True).stdout.strip()).parent
-    assert "StaticPool(creator)" in (SITE / "tiled/storage.py").read_text()
-    assert (installed / "storage.py").read_text() != (SITE / "tiled/storage.py").read_text()
+                                    capture_output=True, text=True, check=True).stdout.strip()).parent.parent
+    touched = {path for name in series() for path in re.findall(r"^\+\+\+ b/(\S+)", (PATCHES / name).read_text(),
+                                                                re.MULTILINE)}
+    assert len(touched) >= len(series()) // 2
+    for path in sorted(touched):
+        assert (installed / path).read_text() == (patched / path).read_text(), f"{path}: not as the series makes it"
+        assert (SITE / path).read_text() != (patched / path).read_text(), f"{path}: .venv/upstream is patched"
     assert probe("/nonexistent", POOL_PROBE)["pool"] == "QueuePool"
 
 

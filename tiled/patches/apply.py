@@ -36,9 +36,9 @@ def patch(site_packages: str, path: Path, *extra: str) -> str:
 
 
 def main() -> None:
-    site_packages, *rest = sys.argv[1:]
+    site_packages, *rest = sys.argv[1:] or [None]
     left_out = set(rest[1::2]) if rest[0::2] == ["--without"] * (len(rest) // 2) and len(rest) % 2 == 0 else None
-    if left_out is None or not left_out <= {p.name for p in series()}:
+    if site_packages is None or left_out is None or not left_out <= {p.name for p in series()}:
         sys.exit(f"usage: apply.py SITE_PACKAGES [--without PATCH]... (PATCH a name in {HERE / 'series'})")
     patches = [p for p in series() if p.name not in left_out]
     for path in patches:
