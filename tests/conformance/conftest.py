@@ -12,13 +12,13 @@ skip, without it.
 
 import dataclasses
 import os
-from typing import Callable
 import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
