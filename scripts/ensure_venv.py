@@ -60,7 +60,9 @@ def as_released(root: Path, name: str, site: Path) -> bool:
         if not path.startswith(f"{name}/") or "__pycache__" in path or not hashed:
             continue
         algorithm, expected = hashed.split("=", 1)
-        data = (root / path).read_bytes() if (root / path).is_file() else b""
+        if not (root / path).is_file():
+            return False
+        data = (root / path).read_bytes()
         actual = base64.urlsafe_b64encode(hashlib.new(algorithm, data).digest()).rstrip(b"=").decode()
         if actual != expected:
             return False
@@ -77,6 +79,7 @@ def pins() -> list[str]:
 
 
 def install(pip: list[str]) -> None:
+    PATCH_MARKER.unlink(missing_ok=True)  # whatever pip leaves must be patched again
     print(f"▶ installing pinned packages from {LOCK.relative_to(ROOT)} into {VENV.name}/ (≈1–2 min, once)",
           flush=True)
     if subprocess.run([*pip, "--requirement", str(LOCK)]).returncode:

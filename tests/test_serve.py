@@ -84,8 +84,8 @@ def sigint_state() -> str:
 def as_from_a_terminal() -> None:
     """In the child, before exec: SIGINT at its default and unblocked, as a terminal's shell
     starts make (whatever this process's plugins and threads did to it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # first: a SIGINT pending now must not reach Python
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt_during_startup(tmp_path, moment, **knobs) -> dict:

@@ -33,7 +33,7 @@ def test_a_new_table_reads_back_in_append_order(stack, values, tiled):
     table = f"new_{secrets.token_hex(6)}"
     node = tiled.create_appendable_table(SCHEMA, key=table, table_name=table)
     append_through_every_replica(node)
-    assert "_row_id_counter" in row_id_column(storage_dsn(stack, values), table)
+    assert "_row_id_counter" in (row_id_column(storage_dsn(stack, values), table) or "no column")
     assert tiled[table].read()["seq"].tolist() == list(range(400))
     assert tiled[table].read_partition(0)["seq"].tolist() == list(range(400))
 
@@ -50,7 +50,7 @@ def test_a_table_made_before_the_fix_gets_the_column_without_a_rewrite(stack, va
         conn.execute(f'INSERT INTO "{table}" VALUES (0, 0, -3, 0), (0, 0, -2, 0), (0, 0, -1, 0)')
     assert row_id_column(dsn, table) is None
     node = tiled.create_appendable_table(SCHEMA, key=table, table_name=table)
-    assert "_row_id_counter" in row_id_column(dsn, table), "the next dataset made in it did not add _row_id"
+    assert "_row_id_counter" in (row_id_column(dsn, table) or "no column"), "the next dataset made in it did not add _row_id"
     append_through_every_replica(node)
     assert tiled[table].read()["seq"].tolist() == list(range(400))
     with psycopg.connect(dsn) as conn:
