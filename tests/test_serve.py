@@ -83,7 +83,9 @@ def sigint_state() -> str:
 
 def as_from_a_terminal() -> None:
     """In the child, before exec: SIGINT at its default and unblocked, as a terminal's shell
-    starts make (whatever this process's plugins and threads did to it)."""
+    starts make. A suite started in the background of a non-interactive shell (`.ci/run … &`)
+    runs with SIGINT ignored (POSIX), make inherits that, and a Ctrl-C sent before serve.py
+    installs its handlers was lost: seen once in CI at 0.05 s."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # first: a SIGINT pending now must not reach Python
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
