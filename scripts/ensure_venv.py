@@ -13,7 +13,6 @@ reapplied from them when it changes, and the tests compare against them.
 
 import base64
 import hashlib
-import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements" / "host.txt"
 PATCHES = ROOT / "tiled" / "patches"
 UPSTREAM = VENV / "upstream"  # the patched packages as released, unpatched
-PATCHED = {"tiled": "tiled", "strawberry": "strawberry_graphql"}  # import name -> dist-info name
+PATCHED = {"tiled": "tiled", "strawberry": "strawberry-graphql"}  # import name -> distribution
 MARKER = VENV / ".host.txt.sha256"
 PATCH_MARKER = VENV / ".patches.sha256"
 
@@ -54,7 +53,7 @@ def site_packages() -> Path:
 
 def as_released(root: Path, name: str, site: Path) -> bool:
     """Whether root/name holds exactly the files pip installed, by the hashes in its RECORD."""
-    (info,) = site.glob(f"{PATCHED[name]}-*.dist-info")
+    (info,) = site.glob(f"{PATCHED[name].replace('-', '_')}-*.dist-info")
     for line in (info / "RECORD").read_text().splitlines():
         path, hashed, _ = line.rsplit(",", 2)
         if not path.startswith(f"{name}/") or "__pycache__" in path or not hashed:
@@ -70,9 +69,8 @@ def as_released(root: Path, name: str, site: Path) -> bool:
 
 
 def pins() -> list[str]:
-    wanted = {"tiled": "tiled", "strawberry": "strawberry-graphql"}.values()
     found = [line.split()[0] for line in LOCK.read_text().splitlines()
-             if any(re.match(rf"{dist}==", line) for dist in wanted)]
+             if any(line.startswith(f"{dist}==") for dist in PATCHED.values())]
     if len(found) != len(PATCHED):
         fail(f"{LOCK.relative_to(ROOT)} does not pin tiled and strawberry-graphql", "run `make lock`")
     return found
