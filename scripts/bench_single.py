@@ -45,7 +45,6 @@ class Server:
         self.name, self.pythonpath, self.work = name, pythonpath, work
         self.api_key = secrets.token_hex(16)
         self.process = None
-        self.crashes = []
 
     def start(self) -> None:
         data = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.work))
@@ -76,7 +75,6 @@ class Server:
     def ensure_running(self) -> None:
         if self.process is None or self.process.poll() is not None:
             if self.process is not None:
-                self.crashes.append(self.process.returncode)
                 note(f"{self.name} died (exit {self.process.returncode}): starting it again")
             self.start()
 
