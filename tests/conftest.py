@@ -7,6 +7,7 @@ The live stack is its own Compose project (unique name, free ports, its own
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -140,16 +141,47 @@ def tiled(stack, api_key):
     return from_uri(stack.local_url, api_key=api_key)
 
 
-def probe_tiled_stack(code: str, env: dict | None = None) -> dict:
-    """Run `code` in a fresh interpreter with tiled/ (the image's tiled_stack) importable;
-    return the JSON object it prints last. The fixes patch FastAPI/Tiled process-wide."""
-    import json
-    import sys
+UPSTREAM_SITE = ROOT / ".venv" / "upstream"  # tiled, fastapi, strawberry as released (scripts/ensure_venv.py)
 
+
+@pytest.fixture(scope="session")
+def site_without(tmp_path_factory):
+    """`site_without(PATCH)`: a copy of the released packages with the whole series but PATCH
+    applied (as `apply.py --without PATCH` does in the image's build stage), for a probe."""
+    made = {}
+
+    def build(patch: str) -> Path:
+        if patch not in made:
+            site = tmp_path_factory.mktemp(f"without-{patch[:4]}")
+            for package in UPSTREAM_SITE.iterdir():
+                shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+            done = subprocess.run([sys.executable, str(ROOT / "tiled/patches/apply.py"), str(site), "--without", patch],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout + done.stderr
+            made[patch] = site
+        return made[patch]
+
+    return build
+
+
+def probe_tiled_stack(code: str, upstream: bool = False, site: Path | None = None) -> dict:
+    """Run `code` in a fresh interpreter of the venv, with tiled/ (the image's tiled_stack)
+    as sys.argv[1]; return the JSON object it prints last. The venv's Tiled, FastAPI and
+    strawberry carry the upstream-fix series, as the image's do; `upstream=True` puts
+    the released packages (.venv/upstream) first on the path instead, `site=` another
+    copy (site_without)."""
+    import json
+
+    assert (UPSTREAM_SITE / "tiled").is_dir(), "no .venv/upstream/: run `make venv`"
+    first = UPSTREAM_SITE if upstream else site
+    env = {"PATH": "/usr/bin:/bin", **({"PYTHONPATH": str(first)} if first else {})}
     done = subprocess.run([sys.executable, "-c", code, str(ROOT / "tiled")], capture_output=True, text=True,
-                          env=None if env is None else {"PATH": "/usr/bin:/bin", **env}, timeout=120)
+                          env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if "tiled" in out:  # where Tiled was imported from: the probe ran what it claims
+        assert out["tiled"].startswith(str(first)) if first else ".venv/lib" in out["tiled"], out["tiled"]
+    return out
 
 
 # Source for a probe: `sqlite_app(folder=None, **tree_args)` builds Tiled's app on an SQLite

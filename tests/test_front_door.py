@@ -13,17 +13,24 @@ PROBE = SQLITE_APP + r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from tiled_stack import front_door, input_guards
-input_guards.install()
-status = front_door.install()
+
+
+def layered(app):  # as tiled_stack/serve.py adds them: the guards, then the front door outermost
+    input_guards.attach(app)
+    global status
+    status = front_door.attach(app)
+    return app
+
+
 from starlette.testclient import TestClient
 import tempfile
 import tiled.server.app as tiled_app
 def public_app():
     d = tempfile.mkdtemp()
-    return tiled_app.build_app_from_config({
+    return layered(tiled_app.build_app_from_config({
         "authentication": {"single_user_api_key": "k", "allow_anonymous_access": True},
         "trees": [{"path": "/", "tree": "catalog", "args": {"uri": f"sqlite:///{d}/c.db", "init_if_not_exists": True,
-                                                             "writable_storage": [f"file://{d}/data"]}}]})
+                                                             "writable_storage": [f"file://{d}/data"]}}]}))
 MiB = 1024 * 1024
 
 async def call(app, method, path, headers, chunks, query=b"", content_type=b"application/json"):
@@ -50,14 +57,15 @@ async def call(app, method, path, headers, chunks, query=b"", content_type=b"app
             "detail": json.loads(body).get("detail", "")[:80] if body.startswith(b"{") else body[:80].decode()}
 
 endless = 10_000  # 10 GiB, were it read
-out = {"status": status}
+out = {}
 if PUBLIC:  # Tiled's settings are process-wide: one app per probe
     with TestClient(public_app()) as c:
         out["anonymous read with a body over 8 KiB, anonymous access on"] = c.portal.call(
             lambda: call(c.app, "POST", "/api/v1/container/full/", [], endless))
     print(json.dumps(out))
     sys.exit()
-app = sqlite_app()
+app = layered(sqlite_app())
+out["status"] = status
 with TestClient(app, raise_server_exceptions=False) as c:
     run = lambda *a, **k: c.portal.call(lambda: call(app, *a, **k))
     out["no key"] = run("POST", "/api/v1/metadata/", [], endless)

@@ -14,9 +14,9 @@ d = tempfile.mkdtemp()
 os.makedirs(f"{d}/detectors")
 os.environ["TILED_CATALOG_READABLE_STORAGE"] = json.dumps([f"{d}/detectors"])
 from tiled_stack import input_guards
-status = input_guards.install()
 from starlette.testclient import TestClient
 app = sqlite_app(d, readable_storage=[f"{d}/detectors"])
+status = input_guards.attach(app)
 def node(key, uri):
     return {"id": key, "structure_family": "array", "specs": [], "metadata": {}, "data_sources": [{
         "structure_family": "array", "mimetype": "image/tiff", "parameters": {}, "management": "external",

@@ -1,9 +1,12 @@
-"""Fast tier: Tiled's six HTTP middlewares as one plain ASGI layer answer exactly as the six do.
+"""Fast tier: patch 0023 (Tiled's six HTTP middlewares as one plain ASGI layer) is active
+and answers exactly as the six do.
 
-Two apps of the same configuration run in one process, Tiled's own and one with
-tiled_stack.plain_middleware attached; the same requests go to both. Status,
-body and every header must be equal in value and order, except the random CSRF
-token, Server-Timing's durations, the request id, dates and nodes' creation times. Covered: the CSRF check
+The same app configuration runs with the whole series but 0023 (`apply.py --without`)
+and with the whole series (the venv, as in the image), each in an interpreter of its own; the same requests go to both.
+Status, body and every header must be equal in value and order, except the random CSRF
+token, Server-Timing's durations, the request id, dates and nodes' creation times. The
+patched app must run no BaseHTTPMiddleware at all: their dispatches are counted per
+request (six as released). Covered: the CSRF check
 (no token, wrong token, right token), the client version check, a cookie set by a
 dependency (`?api_key=`), an error raised in a route, the Prometheus counts each
 request adds, and the principal the access log sees when the response starts.
@@ -12,25 +15,33 @@ request adds, and the principal the access log sees when the response starts.
 from conftest import SQLITE_APP, probe_tiled_stack
 
 PROBE = SQLITE_APP + r"""
-import json, re, sys
-sys.path.insert(0, sys.argv[1])
+import json, re
 from prometheus_client import REGISTRY
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.testclient import TestClient
+import tiled
 import tiled.server.app as tiled_app
 from tiled.utils import UNSET
-from tiled_stack import plain_middleware
+
+dispatched = []
+original_dispatch = BaseHTTPMiddleware.__call__
 
 
-def build(plain):
+async def counted(self, scope, receive, send):
+    dispatched.append(self.dispatch_func.__name__)
+    return await original_dispatch(self, scope, receive, send)
+
+
+BaseHTTPMiddleware.__call__ = counted  # counts the layers a request goes through
+
+
+def build():
     app = sqlite_app()
 
     async def boom():
         raise RuntimeError("boom")
 
     app.add_api_route("/boom", boom)
-    if plain:
-        plain_middleware.attach(app)
     seen = []
 
     def outermost(inner):  # where uvicorn writes its access log line: at the response start
@@ -89,29 +100,35 @@ REQUESTS = [
     ("GET", "/api/v1/metadata/y", {"cookies": {"tiled_csrf": "abc"}, "headers": KEY}),
     ("GET", "/boom", {}),
 ]
-answers = {}
-for plain in (False, True):
-    app, outermost, seen = build(plain)
-    names = [m.kwargs["dispatch"].__name__ for m in app.user_middleware if m.cls is BaseHTTPMiddleware]
-    rows = []
-    with TestClient(app, raise_server_exceptions=False) as client:
-        app.middleware_stack = outermost(app.build_middleware_stack())
-        for method, path, kwargs in REQUESTS:
-            client.cookies.clear()
-            before = {c: count(c, None) for c in ("200", "400", "403", "500")}
-            r = client.request(method, path, **kwargs)
-            added = {c: count(c, None) - n for c, n in before.items() if count(c, None) != n}
-            body = re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+", "TIME", r.text)  # nodes' creation times
-            rows.append([method, path, r.status_code, body, masked(r.headers.multi_items()), added])
-    answers[plain] = {"middlewares": names, "rows": rows, "principals": seen}
+app, outermost, seen = build()
+names = [m.kwargs["dispatch"].__name__ for m in app.user_middleware if m.cls is BaseHTTPMiddleware]
+rows, layers = [], []
+with TestClient(app, raise_server_exceptions=False) as client:
+    app.middleware_stack = outermost(app.build_middleware_stack())
+    for method, path, kwargs in REQUESTS:
+        client.cookies.clear()
+        dispatched.clear()
+        before = {c: count(c, None) for c in ("200", "400", "403", "500")}
+        r = client.request(method, path, **kwargs)
+        added = {c: count(c, None) - n for c, n in before.items() if count(c, None) != n}
+        body = re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+", "TIME", r.text)  # nodes' creation times
+        rows.append([method, path, r.status_code, body, masked(r.headers.multi_items()), added])
+        layers.append(len(dispatched))
+answers = {"tiled": tiled.__file__, "middlewares": names, "rows": rows, "principals": seen, "layers": layers,
+           "plain": [m.cls.__name__ for m in app.user_middleware]}
 print(json.dumps(answers))
 """
 
 
-def test_one_plain_layer_answers_like_tiled_s_six():
-    out = probe_tiled_stack(PROBE)
-    upstream, plain = out["false"], out["true"]
+def test_one_plain_layer_answers_like_tiled_s_six(site_without):
+    upstream = probe_tiled_stack(PROBE, site=site_without("0023-http-middleware-as-one-asgi-layer.patch"))
+    plain = probe_tiled_stack(PROBE)
     assert len(upstream["middlewares"]) == 6 and plain["middlewares"] == []
+    assert "TiledHTTPLayers" in plain["plain"] and "TiledHTTPLayers" not in upstream["plain"]
+    # The old layers do not run: no request goes through a BaseHTTPMiddleware (six without 0023,
+    # fewer only for a request one of them answers itself).
+    assert plain["layers"] == [0] * 18, plain["layers"]
+    assert max(upstream["layers"]) == 6, upstream["layers"]
     assert len(plain["rows"]) == len(upstream["rows"]) == 18
     for ours, theirs in zip(plain["rows"], upstream["rows"]):
         assert ours == theirs
@@ -120,19 +137,3 @@ def test_one_plain_layer_answers_like_tiled_s_six():
     cookies = [[v for k, v in row[4] if k == "set-cookie"] for row in upstream["rows"]]
     assert any(v.startswith("tiled_api_key=k") for c in cookies for v in c)  # set by a dependency
     assert plain["principals"] == upstream["principals"] and "SingleUserPrincipal" in "".join(upstream["principals"])
-
-
-SWITCH_PROBE = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from tiled_stack import app_hooks, plain_middleware
-print(json.dumps({"status": plain_middleware.install(), "hooks": len(app_hooks._hooks)}))
-"""
-
-
-def test_switch_off_leaves_tiled_s_middlewares():
-    off = probe_tiled_stack(SWITCH_PROBE, {"PLAIN_MIDDLEWARE": "off"})
-    assert off == {"status": "plain middleware off (PLAIN_MIDDLEWARE=off; Tiled's 6 BaseHTTPMiddleware layers)",
-                   "hooks": 0}
-    on = probe_tiled_stack(SWITCH_PROBE, {"PLAIN_MIDDLEWARE": "on"})
-    assert on == {"status": "plain middleware on (6 BaseHTTPMiddleware layers → 1 ASGI layer)", "hooks": 1}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SQLITE_APP
+from scripts import ensure_venv
 
 PATCHES = ROOT / "tiled" / "patches"
 SITE = ROOT / ".venv" / "upstream"  # the releases, unpatched (scripts/ensure_venv.py)
@@ -112,8 +113,8 @@ def apply(site: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def patched(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site-packages")
-    for package in ("tiled", "strawberry"):
-        shutil.copytree(SITE / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for package in SITE.iterdir():  # the packages the series patches, as released
+        shutil.copytree(package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     done = apply(site)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(series())} upstream fixes applied" in done.stdout
@@ -121,8 +122,7 @@ def patched(tmp_path_factory) -> Path:
 
 
 def series() -> list[str]:
-    return [line.split("#")[0].strip() for line in (PATCHES / "series").read_text().splitlines()
-            if line.split("#")[0].strip()]
+    return [path.name for path in ensure_venv.series()]
 
 
 # 0017: two connections borrowed at once from a DuckDB storage must be two connections.
@@ -150,7 +150,7 @@ def test_every_patch_is_in_the_series_with_its_header():
     for name in names:
         head = (PATCHES / name).read_text().split("\n--- a/")[0]
         fields = [line.split(":")[0] for line in head.splitlines() if line and not line.startswith(" ")]
-        # DEP-3, as Debian's quilt series (docs/upstream-fixes.md)
+        # DEP-3, as Debian's quilt series (docs/upstream-fixes/README.md)
         assert {"Description", "Origin", "Forwarded", "Last-Update"} <= set(fields), f"{name}: DEP-3 header {fields}"
         assert "Fixes:" in head, f"{name}: say what it fixes"
 

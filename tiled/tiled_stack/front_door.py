@@ -39,7 +39,6 @@ import hmac
 import json
 import os
 
-from tiled_stack import app_hooks
 
 CHECK_ROUTE = "/_front_door/credentials"
 CHECK_HEADER = b"x-tiled-front-door"
@@ -187,7 +186,8 @@ def capped(receive, send, cap: int, kind: str):
     return capped_receive, guarded_send
 
 
-def install() -> str:
-    app_hooks.after_build(lambda app: app.add_middleware(FrontDoor))
+def attach(app) -> str:
+    """Add the front door, outermost, to the app Tiled built; return a line for the log."""
+    app.add_middleware(FrontDoor)
     return (f"front door on: bodies need credentials first; caps {ANONYMOUS_BODY_BYTES} B anonymous, "
             f"{JSON_BODY_BYTES} B JSON, {max_body_bytes()} B other")

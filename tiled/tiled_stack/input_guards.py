@@ -29,7 +29,6 @@ import posixpath
 import re
 from urllib.parse import unquote, unquote_to_bytes, urlparse
 
-from tiled_stack import app_hooks
 
 SHARED_ARRAYS = "/data/arrays"
 
@@ -148,6 +147,7 @@ class InputGuards:
         await self.app(scope, replay, send)
 
 
-def install() -> str:
-    app_hooks.after_build(lambda app: app.add_middleware(InputGuards))
+def attach(app) -> str:
+    """Add the guards to the app Tiled built; return a line for the log."""
+    app.add_middleware(InputGuards)
     return f"input guards on (registration limited to {allowed_roots()})"

@@ -1,22 +1,14 @@
-"""Readiness that means something: GET /readyz, and stale connections replaced.
+"""Readiness that means something: GET /readyz.
 
 Tiled's /healthz answers 200 whether or not PostgreSQL can be reached. HAProxy
 checks /readyz instead: 200 only when this replica can run a query on its
 catalog database within 2 s, else 503. A replica that loses PostgreSQL leaves
 HAProxy's rotation by itself and comes back by itself when the database does;
 the process is not restarted (Docker's healthcheck stays on /healthz: liveness).
-
-Tiled builds its catalog pool with `pool_pre_ping=False` (catalog/adapter.py,
-`from_uri`), so after a PostgreSQL restart every pooled connection fails one
-request with a 500. Pre-ping is turned on here: a dead connection is replaced
-before a request uses it.
-
-Attached to the app Tiled builds through app_hooks.
+That the pooled connections survive a PostgreSQL restart is patch 0024's work.
 """
 
 import asyncio
-
-from tiled_stack import app_hooks
 
 PATH = "/readyz"
 
@@ -38,12 +30,8 @@ def readiness_route(engine):
     return Route(PATH, readyz, methods=["GET", "HEAD"])
 
 
-def attach(app) -> None:
+def attach(app) -> str:
+    """Add GET /readyz to the app Tiled built; return a line for the log."""
     engine = app.state.root_tree.context.engine
-    engine.pool._pre_ping = True
     app.router.routes.insert(0, readiness_route(engine))  # before Tiled's catch-all UI mount
-
-
-def install() -> str:
-    app_hooks.after_build(attach)
-    return f"readiness at {PATH} (catalog database query), catalog pool pre-ping on"
+    return f"readiness at {PATH} (catalog database query)"

@@ -12,14 +12,12 @@ import sys
 
 from tiled.config import parse_configs
 
-from tiled_stack import (child_count_batch, dependant_cache, front_door, generic_model_cache, input_guards,
-                         node_alias_cache, plain_middleware, readiness, storage_pool_ping)
+from tiled_stack import front_door, input_guards, readiness
 
-# Installed in this order: the CPU fixes (each with its own switch), then readiness,
-# the storage pool's pre-ping, the input guards and, outermost, the front door (it
-# checks credentials before any layer reads a body).
-EXTENSIONS = (dependant_cache, node_alias_cache, generic_model_cache, child_count_batch, plain_middleware,
-              readiness, storage_pool_ping, input_guards, front_door)
+# Our own layers, added to the app Tiled builds, in this order: the /readyz route, the
+# input guards and, outermost, the front door (it checks credentials before any layer
+# reads a body). Fixes to Tiled's own code are patches (tiled/patches), not here.
+LAYERS = (readiness, input_guards, front_door)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
@@ -48,7 +46,8 @@ def problems(config) -> list[str]:
 
 def main() -> None:
     config_path = os.environ.get("TILED_CONFIG", "/etc/tiled/config.yml")
-    found = problems(parse_configs(config_path))
+    config = parse_configs(config_path)
+    found = problems(config)
     if found:
         print("tiled-stack: this configuration cannot be scaled:", file=sys.stderr)
         for p in found:
@@ -56,13 +55,15 @@ def main() -> None:
         sys.exit(78)  # EX_CONFIG
     readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
-    for extension in EXTENSIONS:
-        print(f"tiled-stack: {extension.install()}", flush=True)
-    # Tiled's own command line, in this process, so that the fix above applies.
-    from tiled.commandline.main import main as tiled_cli
+    # What `tiled serve config --scalable` does, with our layers added to the app.
+    import uvicorn
+    from tiled.server.app import build_app_from_config
+    from tiled.server.logging_config import LOGGING_CONFIG
 
-    sys.argv = ["tiled", "serve", "config", "--scalable", config_path]
-    sys.exit(tiled_cli())
+    app = build_app_from_config(config, scalable=True)
+    for layer in LAYERS:
+        print(f"tiled-stack: {layer.attach(app)}", flush=True)
+    uvicorn.run(app, **{**config.uvicorn, "log_config": LOGGING_CONFIG})
 
 
 if __name__ == "__main__":
