@@ -63,7 +63,7 @@ demo: venv ## Write a Bluesky scan + image count through TiledWriter and print t
 bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=dir)
 	@$(RUN) scripts.bench
 
-bench-switches: venv ## What each CPU fix is worth: side replicas, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min)
+bench-switches: venv ## What each CPU fix is worth: an image without each, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min + image builds)
 	@$(RUN) scripts.bench_switches
 
 bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3; ≈ 2 min)

@@ -3,8 +3,8 @@
 Configurations, in one run on the same machine:
   direct-1          one replica, its own address, no HAProxy (the baseline: what
                     upstream Tiled's compose file runs)
-  direct-1-fixes-off  the same with every CPU fix off (env_file.CPU_FIXES: upstream
-                    Tiled as released; metadata and search only)
+  direct-1-unpatched  the same on tiled-stack/tiled:<version>-unpatched, Tiled as
+                    released (no patch of tiled/patches; metadata and search only)
   haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
 
 Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks import load, report, resources, workloads
-from scripts import env_file, haproxy_stats, scale, side_replica, timings
+from scripts import build_images, ensure_venv, haproxy_stats, scale, side_replica, timings
 from scripts.compose import ROOT, Stack
 from scripts.docker_api import backend_address, project_containers
 from scripts.say import Failure, note, ok, run_main, step
@@ -34,17 +34,17 @@ class Profile:
     repeats: int
     seconds: float
     replicas: list[int]
-    fix_off: bool
+    unpatched: bool
     bluesky: tuple[int, int]  # writers, events each
     streaming: tuple[int, float, float]  # subscribers, updates/s, seconds
 
 
 DEFAULT = Profile("default", nodes=10_000, levels=[1, 4, 16], repeats=3, seconds=1.5, replicas=[1, 2, 3],
-                  fix_off=True, bluesky=(4, 25), streaming=(20, 10.0, 5.0))
+                  unpatched=True, bluesky=(4, 25), streaming=(20, 10.0, 5.0))
 QUICK = Profile("quick", nodes=300, levels=[4], repeats=1, seconds=1.0, replicas=[1, 2],
-                fix_off=True, bluesky=(2, 5), streaming=(4, 10.0, 1.0))
+                unpatched=True, bluesky=(2, 5), streaming=(4, 10.0, 1.0))
 HTTP = ["metadata", "search", "array", "table", "append"]
-FIX_OFF_HTTP = ["metadata", "search"]
+UNPATCHED_HTTP = ["metadata", "search"]
 
 
 def replica_urls(stack: Stack) -> list[str]:
@@ -103,7 +103,7 @@ def main() -> None:
                  "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                           "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
                  "haproxy_maxconn_per_replica": haproxy_maxconn(stack),
-                 "cpu_fixes": {k: stack.values.get(k, "on") for k in env_file.CPU_FIXES}},
+                 "patches": [p.name for p in ensure_venv.series()]},
         "timings": {k: v for k, v in timings.read().items() if k in ("images", f"up/{stack.project}")},
         "http": {}, "bluesky": {}, "streaming": {}, "resources": {},
     }
@@ -122,15 +122,15 @@ def main() -> None:
                 results["bluesky"]["direct-1"] = workloads.bluesky_runs(urls[0], api_key, *profile.bluesky)
                 results["streaming"]["direct-1"] = workloads.streaming(urls[0], urls, api_key, "stream_d1",
                                                                        *profile.streaming)
-                if profile.fix_off:
-                    step("direct-1-fixes-off: a side replica with the CPU fixes off")
-                    _, off_url = side_replica.start(stack.project, "bench_fixes_off",
-                                                    **dict.fromkeys(env_file.CPU_FIXES, "off"))
+                if profile.unpatched:
+                    step("direct-1-unpatched: a side replica of the unpatched image (Tiled as released)")
+                    _, off_url = side_replica.start(stack.project, "bench_unpatched",
+                                                    image=build_images.tiled_variant(*build_images.UNPATCHED))
                     try:
-                        results["http"]["direct-1-fixes-off"] = run_http(stack.project, off_url, requests,
-                                                                         FIX_OFF_HTTP, profile, "direct-1-fixes-off")
+                        results["http"]["direct-1-unpatched"] = run_http(stack.project, off_url, requests,
+                                                                         UNPATCHED_HTTP, profile, "direct-1-unpatched")
                     finally:
-                        side_replica.remove(stack.project, "bench_fixes_off")
+                        side_replica.remove(stack.project, "bench_unpatched")
             label = f"haproxy-{n}"
             step(f"{label}: {n} replica(s) behind HAProxy")
             append_key = f"append_{label}_{stamp}"

@@ -1,9 +1,11 @@
 """`make bench-switches`: what each CPU fix is worth, measured interleaved.
 
-Side replicas of the running stack's image, one per setting: every fix off
-(upstream Tiled as released), every fix on, and every fix on but one (one per
-switch in env_file.CPU_FIXES). In each round every replica gets the metadata and
-the search workload of `make bench` in turn (4 clients, SECONDS each), so a
+Side replicas of the running stack, one per image: unpatched (Tiled as released),
+patched (the whole series, the stack's own image), and one variant per CPU fix
+with every patch but that one (`apply.py --without`; built here from the Tiled
+image's build stage, once). The CPU fixes are the patches whose header says
+`make bench-switches` measures them. In each round every replica gets the metadata
+and the search workload of `make bench` in turn (4 clients, SECONDS each), so a
 machine that slows down or speeds up during the run affects every setting alike.
 Reports medians over ROUNDS of requests/s and Tiled CPU per request (the
 container's cgroup). Writes benchmarks/results/<date>-switches.{json,md}.
@@ -17,18 +19,26 @@ import statistics
 from pathlib import Path
 
 from benchmarks import load, resources, workloads
-from scripts import env_file, side_replica
+from scripts import build_images, ensure_venv, side_replica
 from scripts.compose import ROOT, Stack
-from scripts.docker_api import project_containers
+from scripts.docker_api import project_containers, running
 from scripts.say import Failure, note, ok, run_main, step
 
 WORKLOADS = ["metadata", "search"]
 CLIENTS = 4
 
 
-def settings() -> dict[str, dict[str, str]]:
-    every = {"all off": dict.fromkeys(env_file.CPU_FIXES, "off"), "all on": {}}
-    return every | {f"{switch}=off": {switch: "off"} for switch in env_file.CPU_FIXES}
+def cpu_fixes() -> list[str]:
+    """The patches this benchmark measures: those whose header names it."""
+    return [p.name for p in ensure_venv.series() if "make bench-switches" in p.read_text().split("\n---\n")[0]]
+
+
+def settings(patched_image: str) -> dict[str, str]:
+    """Setting name → image: unpatched, patched, and the patched image without each CPU fix."""
+    images = {"unpatched": build_images.tiled_variant(*build_images.UNPATCHED), "patched": patched_image}
+    for name in cpu_fixes():
+        images[f"without {name[:4]}"] = build_images.tiled_variant(f"without-{name[:4]}", f"--without {name}")
+    return images
 
 
 def measure(container, url: str, request, seconds: float) -> tuple[float, float]:
@@ -52,9 +62,11 @@ def main() -> None:
     api_key = stack.values["TILED_SINGLE_USER_API_KEY"]
     workloads.prepare(stack.local_url, api_key, 10_000)
     requests = workloads.http_workloads(api_key, 10_000, "unused")
-    step(f"starting {len(settings())} side replicas: {', '.join(settings())}")
-    sides = {name: side_replica.start(stack.project, f"switches_{i}", **env)
-             for i, (name, env) in enumerate(settings().items())}
+    step(f"the images to compare: unpatched, patched, and without each of {', '.join(cpu_fixes())}")
+    images = settings(running(stack.project, "tiled").attrs["Config"]["Image"])
+    step(f"starting {len(images)} side replicas: {', '.join(images)}")
+    sides = {name: side_replica.start(stack.project, f"switches_{i}", image=image)
+             for i, (name, image) in enumerate(images.items())}
     measured = {name: {w: [] for w in WORKLOADS} for name in sides}
     try:
         for r in range(rounds):
@@ -74,13 +86,13 @@ def main() -> None:
         cells = []
         for w in WORKLOADS:
             rate, cpu = ws[w]
-            cells += [f"{rate:.1f} ({rate / med['all off'][w][0]:.2f}×)", f"{cpu:.2f}"]
+            cells += [f"{rate:.1f} ({rate / med['unpatched'][w][0]:.2f}×)", f"{cpu:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(os.environ.get("OUT") or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
     header = (f"# CPU fixes, interleaved ({stamp})\n\nMedians of {rounds} rounds, {CLIENTS} clients, "
-              f"{seconds:g} s per setting and workload; ratios against `all off`.\n\n")
+              f"{seconds:g} s per setting and workload; ratios against `unpatched`.\n\n")
     (out / f"{stamp}-switches.md").write_text(header + "\n".join(lines) + "\n")
     (out / f"{stamp}-switches.json").write_text(json.dumps({"rounds": measured, "medians": med}, indent=1) + "\n")
     print("\n".join(lines))

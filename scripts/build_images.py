@@ -7,11 +7,14 @@
    a build container can reach it, else downloaded here on the host (which may
    sit behind a proxy the containers cannot use) into tiled/.build/wheels.
 3. Each service with a `build:` in compose.yaml, skipped when an image built
-   from the same context and base already exists.
+   from the same context and base already exists; and, from the Tiled image's
+   same build stage, tiled-stack/tiled:<version>-unpatched (no upstream fix
+   applied), which the identity test and the benchmarks compare against.
 
 Safe to rerun: every step says when it has nothing to do.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -198,6 +201,45 @@ def ensure_wheels(requirements: Path) -> None:
     ok(f"{len(list(WHEELS.glob('*.whl')))} wheels in {WHEELS.relative_to(ROOT)}")
 
 
+@functools.cache
+def pip_flags(base: str, context: Path) -> str:
+    """PIP_INSTALL_FLAGS for the Tiled image: the index if build containers reach it, else host wheels."""
+    if pypi_reachable_from_builds(base, context):
+        ok("build containers reach PyPI: installing wheels from the index")
+        return ""
+    note("build containers cannot reach PyPI: fetching wheels on the host instead")
+    ensure_wheels(context / "requirements.txt")
+    return "--no-index"
+
+
+def ensure_image(image: str, context: Path, args: dict, base: str, base_id: str) -> bool:
+    """Build `image` unless one from the same context, args and base exists; True if built."""
+    digest = context_digest(context, args, base_id)
+    existing = image_exists(image)
+    if existing and existing.labels.get(CONTEXT_LABEL) == digest:
+        ok(f"{image} is up to date, skipped")
+        return False
+    if "PIP_INSTALL_FLAGS" in args:  # the Tiled image: decided when it is built, not part of its identity
+        args = {**args, "PIP_INSTALL_FLAGS": pip_flags(base, context)}
+    build(image, context, args, {CONTEXT_LABEL: digest})
+    return True
+
+
+def tiled_variant(suffix: str, apply_args: str) -> str:
+    """The Tiled image built from the same stage with APPLY_ARGS (e.g. "--none", "--without NAME"),
+    tagged <image>-<suffix>; built only if missing or stale. Returns its tag."""
+    base, builds = compose_builds()
+    spec = builds["tiled"]
+    image = f"{spec['image']}-{suffix}"
+    ensure_image(image, spec["context"], {**spec["args"], "APPLY_ARGS": apply_args, "PIP_INSTALL_FLAGS": ""},
+                 base, client().images.get(base).id)
+    return image
+
+
+# The comparison image `make images` builds next to the Tiled image: (tag suffix, APPLY_ARGS).
+UNPATCHED = ("unpatched", "--none")
+
+
 def main() -> None:
     started = time.monotonic()
     base, builds = compose_builds()
@@ -206,28 +248,19 @@ def main() -> None:
     WHEELS.mkdir(parents=True, exist_ok=True)
     built = []
     for service, spec in builds.items():
-        args = dict(spec["args"])
-        digest = context_digest(spec["context"], args, base_id)
-        existing = image_exists(spec["image"])
-        if existing and existing.labels.get(CONTEXT_LABEL) == digest:
-            ok(f"{spec['image']} is up to date, skipped")
-            continue
-        if service == "tiled":
-            if pypi_reachable_from_builds(base, spec["context"]):
-                ok("build containers reach PyPI: installing wheels from the index")
-                args["PIP_INSTALL_FLAGS"] = ""
-            else:
-                note("build containers cannot reach PyPI: fetching wheels on the host instead")
-                ensure_wheels(spec["context"] / "requirements.txt")
-                args["PIP_INSTALL_FLAGS"] = "--no-index"
-        build(spec["image"], spec["context"], args, {CONTEXT_LABEL: digest})
-        built.append(spec["image"])
+        args = {**spec["args"], **({"PIP_INSTALL_FLAGS": ""} if service == "tiled" else {})}
+        if ensure_image(spec["image"], spec["context"], args, base, base_id):
+            built.append(spec["image"])
+    for suffix, apply_args in (UNPATCHED,):
+        image = f"{builds['tiled']['image']}-{suffix}"
+        args = {**builds["tiled"]["args"], "APPLY_ARGS": apply_args, "PIP_INSTALL_FLAGS": ""}
+        if ensure_image(image, builds["tiled"]["context"], args, base, base_id):
+            built.append(image)
     if built:
         remove_superseded_images()
         timings.record("images", time.monotonic() - started, built=built)
     seconds = time.monotonic() - started
     ok(f"images ready in {seconds:.0f}s")
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -16,9 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / ".env.example"
 LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 URL_SAFE = re.compile(r"^[A-Za-z0-9_.~-]+$")
-# The per-replica CPU fixes' on/off switches (tiled/tiled_stack/; each module names its own).
-CPU_FIXES = ("FASTAPI_DEPENDANT_CACHE", "NODE_ALIAS_CACHE", "PYDANTIC_GENERIC_CACHE", "CHILD_COUNT_BATCH",
-             "PLAIN_MIDDLEWARE")
 
 
 def env_path() -> Path:
@@ -88,9 +85,6 @@ def validate(values: dict[str, str], path: Path) -> None:
     if int(values.get("HAPROXY_MAX_BODY_BYTES", "1")) > 999_999_999:
         raise Failure(f"HAPROXY_MAX_BODY_BYTES in {path} is above 999999999 (HAProxy 2.6's 32-bit comparison)",
                       f"set it to 999999999 or less in {path}")
-    for key in CPU_FIXES:
-        if values.get(key, "on") not in ("on", "off"):
-            raise Failure(f"{key}={values[key]!r} in {path} must be on or off", f"fix it in {path}")
     replicas = int(values.get("TILED_REPLICAS", "3"))
     ceiling = int(values.get("TILED_MAX_REPLICAS", "8"))
     if not 1 <= replicas <= ceiling:

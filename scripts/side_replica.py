@@ -1,9 +1,10 @@
 """A Tiled replica outside HAProxy's rotation, for comparisons and benchmarks.
 
-It is a copy of a running replica (same image, environment, volumes and backend
-network) with a few environment variables changed, e.g.
-FASTAPI_DEPENDANT_CACHE=off. It has no `tiled` network alias, so HAProxy never
-sends it traffic; it is reached at its own address on the backend network.
+It is a copy of a running replica (same environment, volumes and backend network),
+of the same image or of a variant of it (e.g. tiled-stack/tiled:<version>-unpatched,
+scripts/build_images.py), with a few environment variables changed if asked. It has
+no `tiled` network alias, so HAProxy never sends it traffic; it is reached at its own
+address on the backend network.
 `make down` removes any that are left over.
 """
 
@@ -17,8 +18,9 @@ from scripts.say import Failure
 LABEL = "tiled-stack.side-replica"
 
 
-def start(project: str, name: str, **env: str):
-    """Start a side replica; return (container, base URL). Replaces one of the same name."""
+def start(project: str, name: str, image: str | None = None, **env: str):
+    """Start a side replica (of `image`, else the replicas' own); return (container, base URL).
+    Replaces one of the same name."""
     template = running(project, "tiled")
     remove(project, name)
     config, host = template.attrs["Config"], template.attrs["HostConfig"]
@@ -26,7 +28,7 @@ def start(project: str, name: str, **env: str):
     environment += [f"{k}={v}" for k, v in env.items()]
     (network,) = [n for n in template.attrs["NetworkSettings"]["Networks"] if n.endswith("_backend")]
     container = client().containers.run(
-        config["Image"], name=f"{project}_side_{name}", detach=True,
+        image or config["Image"], name=f"{project}_side_{name}", detach=True,
         environment=environment, user=config.get("User") or None,
         volumes=[f"{m['Source'] if m['Type'] == 'bind' else m['Name']}:{m['Destination']}:{'rw' if m['RW'] else 'ro'}"
                  for m in template.attrs["Mounts"]],

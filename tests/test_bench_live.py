@@ -21,9 +21,9 @@ def test_quick_benchmark_produces_complete_results(stack, tmp_path):
     print(done.stdout[-2500:])
     (result,) = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
-    assert set(data["http"]) == {"direct-1", "direct-1-fixes-off", "haproxy-1", "haproxy-2"}
+    assert set(data["http"]) == {"direct-1", "direct-1-unpatched", "haproxy-1", "haproxy-2"}
     for config, workloads in data["http"].items():
-        expected = {"metadata", "search"} if config.endswith("fixes-off") else \
+        expected = {"metadata", "search"} if config.endswith("unpatched") else \
                    {"metadata", "search", "array", "table", "append"}
         assert set(workloads) == expected, config
         for name, points in workloads.items():

@@ -52,9 +52,6 @@ def test_bad_values_are_refused_with_what_to_do(env_path):
     env_path.write_text("TILED_REPLICAS=9\nTILED_MAX_REPLICAS=8\n")
     with pytest.raises(Failure, match="TILED_REPLICAS=9 is outside"):
         env_file.ensure()
-    env_path.write_text("FASTAPI_DEPENDANT_CACHE=maybe\n")
-    with pytest.raises(Failure, match="must be on or off"):
-        env_file.ensure()
 
 
 def test_missing_env_file_is_a_clear_error(env_path):

@@ -1,19 +1,18 @@
-"""Live tier: the per-replica CPU fixes change no response.
+"""Live tier: the patched image answers as the unpatched one does, through PostgreSQL.
 
-The fixes are in tiled/tiled_stack/: dependant_cache.py (FastAPI's per-request
-dependency re-analysis), node_alias_cache.py (Tiled's per-request SQL aliases),
-generic_model_cache.py (response model classes rebuilt per request),
-child_count_batch.py (one count query per container on a page) and
-plain_middleware.py (Tiled's six BaseHTTPMiddleware layers as one ASGI layer). A fixed set of
-requests goes to a stack replica (fixes on, the default) and to a side replica of
-the same image with every switch in env_file.CPU_FIXES off; status codes, every
-header (in order) and bodies must be identical. Only dates, Server-Timing's figures,
-request ids and the random CSRF cookie value are ignored. Writes go to one node per side, named so that swapping the names is the
-only difference.
+The replicas run tiled-stack/tiled:<version> (the whole series of tiled/patches); a
+side replica on the same network, volumes and environment runs
+tiled-stack/tiled:<version>-unpatched (Tiled as released, built from the same stage
+by `make images`). First, each image's copy of every file the series touches is
+checked against the venv's patched copy and the release. Then a fixed set of
+requests goes to both: status codes, every header (in order) and bodies must be
+identical, except where a patch is meant to change the answer (DIFFERENT, each
+with its patch). Only dates, Server-Timing's figures, request ids and the random
+CSRF cookie value are ignored. Writes go to one node per side, named so that
+swapping the names is the only difference.
 """
 
 import datetime
-import os
 import re
 
 import httpx
@@ -23,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from conftest import container_addresses
-from scripts import env_file, side_replica
+from conftest import ROOT, UPSTREAM_SITE, container_addresses
+from scripts import build_images, ensure_venv, side_replica
 
 pytestmark = pytest.mark.live
 
@@ -33,13 +32,14 @@ HOST = {"Host": "tiled.example.org"}  # the same Host on both sides: links are b
 
 @pytest.fixture(scope="module")
 def replicas(stack):
-    """(fix-on URL, its container, fix-off URL)."""
+    """(patched URL, its container, unpatched URL, its container)."""
     on_address, on_container = next(iter(container_addresses(stack, "tiled").items()))
-    _, off_url = side_replica.start(stack.project, "fix_off", **dict.fromkeys(env_file.CPU_FIXES, "off"))
+    off_container, off_url = side_replica.start(stack.project, "unpatched",
+                                                image=build_images.tiled_variant(*build_images.UNPATCHED))
     try:
-        yield f"http://{on_address}:8000", on_container, off_url
+        yield f"http://{on_address}:8000", on_container, off_url, off_container
     finally:
-        side_replica.remove(stack.project, "fix_off")
+        side_replica.remove(stack.project, "unpatched")
 
 
 @pytest.fixture(scope="module")
@@ -142,23 +142,28 @@ def answer(client: httpx.Client, method: str, path: str, kwargs: dict, side: str
     return r.status_code, headers, r.content.replace(f"w_{side}".encode(), b"w_SIDE")
 
 
-LOG_NAMES = {"FASTAPI_DEPENDANT_CACHE": "dependant cache", "NODE_ALIAS_CACHE": "node alias cache",
-             "PYDANTIC_GENERIC_CACHE": "generic model cache", "CHILD_COUNT_BATCH": "child count batch",
-             "PLAIN_MIDDLEWARE": "plain middleware"}
+def touched() -> list[str]:
+    """Every file the series changes, relative to site-packages."""
+    return sorted({path for patch in ensure_venv.series()
+                   for path in re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(), re.MULTILINE)})
 
 
-def test_replicas_serve_with_the_switches_as_configured(replicas):
-    """On by default; e.g. `FASTAPI_DEPENDANT_CACHE=off … make test` runs the whole suite
-    with that fix off (the test stack takes the switches from the environment)."""
-    _, on_container, off_url = replicas
-    log = on_container.logs().decode(errors="replace")
-    assert sorted(LOG_NAMES) == sorted(env_file.CPU_FIXES)
-    for switch, name in LOG_NAMES.items():
-        assert f"tiled-stack: {name} {os.environ.get(switch, 'on')}" in log, (switch, log[-2000:])
+def test_the_images_carry_the_series_and_the_release(replicas):
+    """The replicas' files are the venv's (same series, same apply.py); the unpatched image's are the release's."""
+    _, on_container, _, off_container = replicas
+    site = "/opt/tiled/lib/python3.11/site-packages"
+    venv = next((ROOT / ".venv/lib").glob("python3*/site-packages"))
+    files = touched()
+    assert len(files) >= 10
+    for path in files:
+        code, patched = on_container.exec_run(["cat", f"{site}/{path}"])
+        assert code == 0 and patched.decode() == (venv / path).read_text(), f"{path}: the replica's is not patched"
+        code, released = off_container.exec_run(["cat", f"{site}/{path}"])
+        assert code == 0 and released.decode() == (UPSTREAM_SITE / path).read_text(), f"{path}: not as released"
 
 
 def test_responses_are_identical_with_the_fixes_on_and_off(replicas, dataset, api_key, values):
-    on_url, _, off_url = replicas
+    on_url, _, off_url, _ = replicas
     secret = values["TILED_SECRET_KEY"]
     compared = []
     with httpx.Client(base_url=on_url, timeout=30) as on, httpx.Client(base_url=off_url, timeout=30) as off:
