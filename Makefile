@@ -69,11 +69,11 @@ bench-switches: venv ## What each CPU fix is worth: an image without each, inter
 bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3; ≈ 2 min)
 	@$(RUN) scripts.bench_single
 
-test: venv ## Run the whole test suite (fast tier, then a live stack of its own)
+test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)
 	@$(VENV) -m pytest
 
-test-fast: venv ## Only the tests that need no running stack
-	@$(VENV) -m pytest -m "not live"
+test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (< 1 min)
+	@$(VENV) -m pytest -m "not live and not local"
 
 lock: venv ## Re-resolve requirements/*.txt and tiled/requirements.txt from the .in files
 	@$(RUN) scripts.lock

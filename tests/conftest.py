@@ -25,8 +25,8 @@ from scripts.compose import Stack, compose_command  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-    """Fast tier first: a broken config fails in seconds, before any stack starts."""
-    items.sort(key=lambda item: item.get_closest_marker("live") is not None)
+    """Fast tier first (a broken config fails in seconds), then local processes, then Docker."""
+    items.sort(key=lambda item: 2 if item.get_closest_marker("live") else 1 if item.get_closest_marker("local") else 0)
 
 
 def free_port() -> int:
@@ -182,6 +182,17 @@ def probe_tiled_stack(code: str, upstream: bool = False, site: Path | None = Non
     if "tiled" in out:  # where Tiled was imported from: the probe ran what it claims
         assert out["tiled"].startswith(str(first)) if first else ".venv/lib" in out["tiled"], out["tiled"]
     return out
+
+
+def probe_pair(code: str, released: Path | None = None) -> tuple[dict, dict]:
+    """`code` run as released (or in the site `released`) and as patched, both at once
+    (two interpreters: the fast tier's time is mostly their imports)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        before = pool.submit(probe_tiled_stack, code, released is None, released)
+        after = pool.submit(probe_tiled_stack, code)
+        return before.result(), after.result()
 
 
 # Source for a probe: `sqlite_app(folder=None, **tree_args)` builds Tiled's app on an SQLite

@@ -7,6 +7,8 @@ HAProxy, with bodies over 1 GiB, are in tests/test_front_door_live.py.
 
 import json
 
+import pytest
+
 from conftest import SQLITE_APP, probe_tiled_stack
 
 PROBE = SQLITE_APP + r"""
@@ -103,8 +105,18 @@ print(json.dumps(out))
 """
 
 
-def test_bodies_wait_for_accepted_credentials_and_are_capped():
-    out = probe_tiled_stack("PUBLIC = False\n" + PROBE)
+@pytest.fixture(scope="module")
+def probes() -> dict:
+    """The probe with and without anonymous access, at once (two interpreters)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = {public: pool.submit(probe_tiled_stack, f"PUBLIC = {public}\n" + PROBE) for public in (False, True)}
+        return {public: run.result() for public, run in runs.items()}
+
+
+def test_bodies_wait_for_accepted_credentials_and_are_capped(probes):
+    out = probes[False]
     print(json.dumps(out, indent=1))
     assert out["status"].startswith("front door on")
     for name in ("no key", "wrong key", "wrong key (query)", "non-ASCII key", "forged token", "wrong cookie"):
@@ -125,8 +137,8 @@ def test_bodies_wait_for_accepted_credentials_and_are_capped():
 
 
 
-def test_anonymous_bodies_are_capped_where_anonymous_access_is_allowed():
-    out = probe_tiled_stack("PUBLIC = True\n" + PROBE)
+def test_anonymous_bodies_are_capped_where_anonymous_access_is_allowed(probes):
+    out = probes[True]
     public = out["anonymous read with a body over 8 KiB, anonymous access on"]
     assert public["status"] == 413 and public["chunks_read"] == 1, public
     assert "bodies without credentials are limited to 8192 bytes" in public["detail"]

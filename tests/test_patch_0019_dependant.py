@@ -8,7 +8,7 @@ graph is analysed.
 
 import pytest
 
-from conftest import probe_tiled_stack
+from conftest import probe_pair
 
 PROBE = r"""
 import collections, json, os, sys, tempfile
@@ -47,7 +47,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def released_patched():
-    return probe_tiled_stack(PROBE, upstream=True), probe_tiled_stack(PROBE)
+    return probe_pair(PROBE)
 
 
 def test_the_patch_removes_per_request_dependency_analysis(released_patched):

@@ -12,7 +12,7 @@ dependency (`?api_key=`), an error raised in a route, the Prometheus counts each
 request adds, and the principal the access log sees when the response starts.
 """
 
-from conftest import SQLITE_APP, probe_tiled_stack
+from conftest import SQLITE_APP, probe_pair
 
 PROBE = SQLITE_APP + r"""
 import json, re
@@ -121,8 +121,7 @@ print(json.dumps(answers))
 
 
 def test_one_plain_layer_answers_like_tiled_s_six(site_without):
-    upstream = probe_tiled_stack(PROBE, site=site_without("0023-http-middleware-as-one-asgi-layer.patch"))
-    plain = probe_tiled_stack(PROBE)
+    upstream, plain = probe_pair(PROBE, released=site_without("0023-http-middleware-as-one-asgi-layer.patch"))
     assert len(upstream["middlewares"]) == 6 and plain["middlewares"] == []
     assert "TiledHTTPLayers" in plain["plain"] and "TiledHTTPLayers" not in upstream["plain"]
     # The old layers do not run: no request goes through a BaseHTTPMiddleware (six without 0023,

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -184,15 +185,22 @@ def test_the_host_venv_is_patched_and_keeps_the_releases(patched):
     assert probe("/nonexistent", POOL_PROBE)["pool"] == "QueuePool"
 
 
+def both(code: str, patched: Path) -> tuple[dict, dict]:
+    """`code` in the releases and in the patched copy, at once."""
+    with ThreadPoolExecutor(2) as pool:
+        before, after = pool.submit(probe, str(SITE), code), pool.submit(probe, str(patched), code)
+        return before.result(), after.result()
+
+
 def test_duckdb_storage_lends_each_borrower_its_own_connection(patched):
-    before, after = probe(str(SITE), POOL_PROBE), probe(str(patched), POOL_PROBE)
+    before, after = both(POOL_PROBE, patched)
     assert before["tiled"].startswith(str(SITE)) and after["tiled"].startswith(str(patched))
     assert before == {**before, "pool": "StaticPool", "shared": True}, before
     assert after == {**after, "pool": "QueuePool", "shared": False}, after
 
 
 def test_each_fix_is_active(patched):
-    before, after = probe(str(SITE)), probe(str(patched))
+    before, after = both(PROBE, patched)
     assert after["tiled"].startswith(str(patched)) and before["tiled"].startswith(str(SITE))
     for name, status in EXPECTED.items():
         if name not in UPSTREAM_500_ONLY_IN_THE_IMAGE:

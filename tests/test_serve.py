@@ -1,4 +1,4 @@
-"""`make serve` (single process) behaviour that the conformance suite does not cover."""
+"""Local tier: `make serve` (single process) behaviour that the conformance suite does not cover."""
 
 import json
 import os
@@ -19,6 +19,8 @@ from websockets.sync.client import connect
 
 from conformance.conftest import ServeProcess
 from conftest import ROOT, free_port, make
+
+pytestmark = pytest.mark.local  # each test starts `make serve`; those marked live also need Docker
 
 
 def test_persistent_data_survives_a_restart(tmp_path):

@@ -89,8 +89,8 @@ def readable(tmp_path_factory) -> Path:
     return folder
 
 
-MODES = ["embedded", "serve-temp", "serve-persistent",
-         pytest.param("serve-redis", marks=pytest.mark.live), pytest.param("stack", marks=pytest.mark.live)]
+MODES = [pytest.param(mode, marks=pytest.mark.local) for mode in ("embedded", "serve-temp", "serve-persistent")] + [
+    pytest.param("serve-redis", marks=pytest.mark.live), pytest.param("stack", marks=pytest.mark.live)]
 
 
 @pytest.fixture(scope="module", params=MODES)
