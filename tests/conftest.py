@@ -25,8 +25,14 @@ from scripts.compose import Stack, compose_command  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-    """Fast tier first (a broken config fails in seconds), then local processes, then Docker."""
-    items.sort(key=lambda item: 2 if item.get_closest_marker("live") else 1 if item.get_closest_marker("local") else 0)
+    """Fast tier first (a broken config fails in seconds), then local processes, then Docker;
+    within a tier, a test marked `last` (it cleans or restarts the shared stack) after the rest,
+    whatever the files' names."""
+    def order(item) -> tuple[int, bool]:
+        tier = 2 if item.get_closest_marker("live") else 1 if item.get_closest_marker("local") else 0
+        return tier, item.get_closest_marker("last") is not None
+
+    items.sort(key=order)
 
 
 def free_port() -> int:

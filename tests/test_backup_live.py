@@ -16,7 +16,8 @@ from conftest import make
 from load_clients import NodeWriter, Readers, reading_paths, Scans, incomplete_runs, keys_in_catalog
 from scripts.acquire import devices, writing_engine
 
-pytestmark = pytest.mark.live
+# `make clean` wipes the shared stack (then restores it): after every other live test.
+pytestmark = [pytest.mark.live, pytest.mark.last]
 
 
 def test_backup_clean_restore_gives_back_everything(stack, tiled, api_key, tmp_path):
