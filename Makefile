@@ -61,13 +61,13 @@ demo: venv ## Write a Bluesky scan + image count through TiledWriter and print t
 	@$(RUN) scripts.acquire
 
 bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=dir)
-	@$(RUN) scripts.bench
+	@$(RUN) benchmarks.stack
 
 bench-switches: venv ## What each CPU fix is worth: an image without each, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min + image builds)
-	@$(RUN) scripts.bench_switches
+	@$(RUN) benchmarks.patches
 
 bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3; ≈ 2 min)
-	@$(RUN) scripts.bench_single
+	@$(RUN) benchmarks.single
 
 test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)
 	@$(VENV) -m pytest

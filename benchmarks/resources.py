@@ -5,9 +5,9 @@ from pathlib import Path
 
 from benchmarks.load import Background
 
-from scripts.docker_api import client, project_containers
-from scripts.postgres import sql
-from scripts.say import Failure
+from scripts.lib.docker_api import client, project_containers
+from scripts.lib.postgres import sql
+from scripts.lib.say import Failure
 
 CGROUP_CPU = [  # cgroup v1 (cgroupfs), v2 (systemd), v2 (cgroupfs): nanoseconds or microseconds
     ("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage", 1e-9),

@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pyarrow as pa
 
-from scripts.say import Failure, ok, step
+from scripts.lib.say import Failure, ok, step
 
 ROOT_KEY = "bench"
 COLORS = ["red", "green", "blue"]

@@ -1,7 +1,7 @@
 """Start HAProxy as the haproxy user with the TLS certificate it serves; swap it live; check the config.
 
 `start` (the image's command): with TILED_TLS=on, the certificate chain and key arrive
-read-only from the host (scripts/tls.py writes them, mode 0600, owned by the host's
+read-only from the host (scripts/lib/tls.py writes them, mode 0600, owned by the host's
 user), which the haproxy user cannot read. As root, copy them to SERVED (owned by
 haproxy, mode 0600), then drop to haproxy and exec HAProxy: no process that handles
 traffic runs as root.

@@ -16,8 +16,8 @@ from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import DirectImage, SynAxis, SynGauss
 from tiled.client import from_uri
 
-from scripts.compose import Stack
-from scripts.say import note, ok, run_main, step
+from scripts.lib.compose import Stack
+from scripts.lib.say import note, ok, run_main, step
 
 
 class Camera(DirectImage):

@@ -23,10 +23,10 @@ import shutil
 from pathlib import Path
 
 from scripts import env_file
-from scripts.compose import ROOT, Stack
-from scripts.docker_api import project_containers, running
-from scripts.postgres import sql
-from scripts.say import Failure, ok, run_main, step
+from scripts.lib.compose import ROOT, Stack
+from scripts.lib.docker_api import project_containers, running
+from scripts.lib.postgres import sql
+from scripts.lib.say import Failure, ok, run_main, step
 
 DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage"}
 ARRAYS = "/data/arrays"

@@ -27,10 +27,10 @@ from pathlib import Path
 import docker.errors
 import yaml
 
-from scripts import timings
-from scripts.docker_api import client
+from scripts.lib import timings
+from scripts.lib.docker_api import client
 from scripts.env_file import ROOT
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 # Debian, pinned by suite (and by point release for the official image).
 DEBIAN_SUITE = "bookworm"

@@ -7,9 +7,9 @@ import os
 import shutil
 import sys
 
-from scripts import side_replica
-from scripts.compose import STATE, Stack
-from scripts.say import Failure, ok, run_main, step
+from scripts.lib import side_replica
+from scripts.lib.compose import STATE, Stack
+from scripts.lib.say import Failure, ok, run_main, step
 
 
 def confirmed(project: str) -> bool:

@@ -1,8 +1,8 @@
 """`make down`: stop and remove the stack's containers; volumes (all data) are kept."""
 
-from scripts import side_replica
-from scripts.compose import Stack
-from scripts.say import ok, run_main, step
+from scripts.lib import side_replica
+from scripts.lib.compose import Stack
+from scripts.lib.say import ok, run_main, step
 
 
 def main() -> None:

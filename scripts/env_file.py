@@ -10,7 +10,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / ".env.example"

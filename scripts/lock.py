@@ -10,7 +10,7 @@ import venv
 from pathlib import Path
 
 from scripts.env_file import ROOT
-from scripts.say import Failure, ok, run_main, step
+from scripts.lib.say import Failure, ok, run_main, step
 
 SETS = [ROOT / "tiled" / "requirements.in", ROOT / "requirements" / "host.in"]
 

@@ -2,8 +2,8 @@
 
 import os
 
-from scripts.compose import Stack
-from scripts.say import run_main
+from scripts.lib.compose import Stack
+from scripts.lib.say import run_main
 
 
 def main() -> None:

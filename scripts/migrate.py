@@ -17,8 +17,8 @@ from collections import Counter
 from bluesky_tiled_plugins import TiledWriter
 from tiled.client import from_uri
 
-from scripts.compose import Stack
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.compose import Stack
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 # Events per append: a migration replays finished runs, so few large writes beat
 # the live default of one request per event.

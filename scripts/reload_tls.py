@@ -6,10 +6,10 @@ socket (haproxy/entrypoint.py reload-certificate). Safe to rerun; run it from ce
 or the facility's renewal hook.
 """
 
-from scripts import tls
-from scripts.compose import Stack
-from scripts.docker_api import running
-from scripts.say import Failure, ok, run_main, step
+from scripts.lib import tls
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import running
+from scripts.lib.say import Failure, ok, run_main, step
 
 
 def main() -> None:

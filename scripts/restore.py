@@ -12,12 +12,12 @@ import os
 import subprocess
 from pathlib import Path
 
-from scripts import wait
+from scripts.lib import wait
 from scripts.backup import ARRAYS, DATABASES, sha256
-from scripts.compose import Stack
-from scripts.docker_api import project_containers, running
-from scripts.postgres import sql
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import project_containers, running
+from scripts.lib.postgres import sql
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 
 def checked_backup() -> tuple[Path, dict]:

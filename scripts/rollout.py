@@ -14,9 +14,10 @@ A schema change that the running version cannot read needs downtime instead:
 
 import time
 
-from scripts import build_images, scale, wait
-from scripts.compose import Stack
-from scripts.say import Failure, ok, run_main, step
+from scripts import build_images, scale
+from scripts.lib import wait
+from scripts.lib.compose import Stack
+from scripts.lib.say import Failure, ok, run_main, step
 
 STOP_TIMEOUT_S = 30
 

@@ -10,10 +10,10 @@ import os
 import sys
 import time
 
-from scripts import haproxy_stats, wait
-from scripts.compose import Stack
-from scripts.docker_api import backend_address, project_containers
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib import haproxy_stats, wait
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import backend_address, project_containers
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 DRAIN_DEADLINE_S = 30
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import redis
 
 from scripts.env_file import ROOT
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 REDIS_IMAGE = "tiled-stack/redis:7"
 SERVE_LABEL = "org.tiled-stack.serve-port"  # on a STREAMING=1 Redis container: which `make serve` owns it

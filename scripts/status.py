@@ -1,8 +1,8 @@
 """`make status`: every container's state and health, then each replica as HAProxy sees it."""
 
-from scripts import haproxy_stats, wait
-from scripts.compose import Stack
-from scripts.say import Failure, note, run_main, step
+from scripts.lib import haproxy_stats, wait
+from scripts.lib.compose import Stack
+from scripts.lib.say import Failure, note, run_main, step
 
 
 def main() -> None:

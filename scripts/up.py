@@ -7,10 +7,11 @@ import errno
 import socket
 import time
 
-from scripts import build_images, env_file, timings, tls, wait
-from scripts.compose import Stack
-from scripts.docker_api import project_containers
-from scripts.say import Failure, note, ok, run_main, step
+from scripts import build_images, env_file
+from scripts.lib import timings, tls, wait
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import project_containers
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 
 def check_port_free(stack: Stack, address: str, port: int, key: str) -> None:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts import env_file  # noqa: E402
-from scripts.compose import Stack, compose_command  # noqa: E402
+from scripts.lib.compose import Stack, compose_command  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -114,14 +114,14 @@ def docker_cleanup():
 @pytest.fixture(scope="session")
 def stack(request, images, stack_env, docker_services) -> Stack:
     """The live stack, up and healthy. Logs of every service are dumped if any test failed."""
-    from scripts.docker_api import client
+    from scripts.lib.docker_api import client
 
     client()  # no Docker → a clear error here, never a skip
     try:
         make("up", stack_env)
         yield Stack()
     finally:
-        from scripts import side_replica
+        from scripts.lib import side_replica
 
         side_replica.remove(Stack().project)  # else `down` cannot remove the network
         if request.session.testsfailed:
@@ -217,7 +217,7 @@ def sqlite_app(folder=None, **tree_args):
 
 def container_addresses(stack, service):
     """Address on the stack's backend network → container, for reaching behind HAProxy."""
-    from scripts.docker_api import backend_address, project_containers
+    from scripts.lib.docker_api import backend_address, project_containers
 
     return {backend_address(c): c for c in project_containers(stack.project, service, all=False)}
 
@@ -270,7 +270,7 @@ class StreamCollector:
 
 def subscriber_replica(stack):
     """The replica holding the one open websocket, as HAProxy's tiled_stream backend counts them."""
-    from scripts import haproxy_stats
+    from scripts.lib import haproxy_stats
 
     for _ in range(50):
         busy = [s for s in haproxy_stats.servers(stack.stats_url, "tiled_stream") if s["sessions"]]

@@ -19,8 +19,8 @@ import websockets.exceptions
 from websockets.sync.client import connect
 
 from load_clients import NodeWriter, Readers, reading_paths, keys_in_catalog
-from scripts import haproxy_stats
-from scripts.docker_api import project_containers
+from scripts.lib import haproxy_stats
+from scripts.lib.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import make
-from scripts import haproxy_stats
+from scripts.lib import haproxy_stats
 
 pytestmark = pytest.mark.live
 

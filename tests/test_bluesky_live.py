@@ -15,9 +15,9 @@ from tiled.client import from_uri
 from tiled.client.register import register
 
 from conftest import StreamCollector, container_addresses, rows_in_storage, subscriber_replica
-from scripts import wait
+from scripts.lib import wait
 from scripts.acquire import acquire, devices, writing_engine
-from scripts.docker_api import project_containers
+from scripts.lib.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 

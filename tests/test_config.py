@@ -9,8 +9,8 @@ import yaml
 
 from conftest import ROOT
 from scripts import env_file
-from scripts.compose import Stack, readable_paths
-from scripts.say import Failure
+from scripts.lib.compose import Stack, readable_paths
+from scripts.lib.say import Failure
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pytest
 
 from conftest import ROOT, UPSTREAM_SITE, container_addresses
-from scripts import build_images, ensure_venv, side_replica
+from scripts import build_images, ensure_venv
+from scripts.lib import side_replica
 
 pytestmark = pytest.mark.live
 

@@ -17,7 +17,7 @@ sys.path.insert(0, sys.argv[1])
 from tiled_stack import front_door, input_guards
 
 
-def layered(app):  # as tiled_stack/serve.py adds them: the guards, then the front door outermost
+def layered(app):  # as tiled_stack/replica.py adds them: the guards, then the front door outermost
     input_guards.attach(app)
     global status
     status = front_door.attach(app)

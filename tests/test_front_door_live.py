@@ -26,10 +26,11 @@ from tiled.client import from_uri
 from websockets.sync.client import connect
 
 from conftest import ROOT, StreamCollector, container_addresses, free_port, make, subscriber_replica
-from scripts import env_file, haproxy_stats, tls
+from scripts import env_file
+from scripts.lib import haproxy_stats, tls
 from scripts.acquire import acquire
-from scripts.compose import Stack
-from scripts.docker_api import project_containers
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 

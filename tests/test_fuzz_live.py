@@ -34,7 +34,7 @@ import psycopg
 import pytest
 
 from conftest import ROOT, container_addresses, storage_dsn
-from scripts.docker_api import project_containers
+from scripts.lib.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 

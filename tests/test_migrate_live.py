@@ -10,7 +10,7 @@ from conformance.conftest import ServeProcess
 from conftest import make, storage_dsn
 from scripts import migrate
 from scripts.acquire import acquire
-from scripts.say import Failure
+from scripts.lib.say import Failure
 
 pytestmark = pytest.mark.live
 

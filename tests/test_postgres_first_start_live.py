@@ -15,7 +15,7 @@ import docker.errors
 import psycopg
 import pytest
 
-from scripts.docker_api import client
+from scripts.lib.docker_api import client
 
 pytestmark = pytest.mark.live
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import container_addresses, make, storage_dsn
 from load_clients import (TABLE_PATH, NodeWriter, Readers, Scans, burst, incomplete_runs, keys_in_catalog,
                           reading_paths, wait_until)
-from scripts import haproxy_stats
-from scripts.docker_api import project_containers
+from scripts.lib import haproxy_stats
+from scripts.lib.docker_api import project_containers
 
 pytestmark = pytest.mark.live
 
@@ -143,7 +143,7 @@ def test_overload_queues_or_sheds_and_recovers(stack, tiled, api_key):
 
     from benchmarks import load
 
-    from scripts.bench import haproxy_maxconn
+    from benchmarks.stack import haproxy_maxconn
 
     per_replica = haproxy_maxconn(stack)
     replicas = haproxy_stats.up_count(stack.stats_url)

@@ -1,7 +1,7 @@
 """Fast tier: a replica refuses a configuration that would split data between replicas.
 
 Tiled's own --scalable check accepts SQLite, DuckDB and unshared file storage;
-tiled/tiled_stack/serve.py must not.
+tiled/tiled_stack/replica.py must not.
 """
 
 import sys
@@ -12,7 +12,7 @@ from tiled.config import parse_configs
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tiled"))
-from tiled_stack.serve import problems  # noqa: E402
+from tiled_stack.replica import problems  # noqa: E402
 
 GOOD = """
 authentication: {{single_user_api_key: abc}}

@@ -183,7 +183,7 @@ SLOWED = r"""
 import os, subprocess, sys, time
 sys.path.insert(0, os.getcwd())
 from scripts import serve
-from scripts.say import run_main
+from scripts.lib.say import run_main
 real_popen, real_run = subprocess.Popen, subprocess.run
 def popen(args, **kw):
     process = real_popen(args, **kw)

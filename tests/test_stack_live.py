@@ -14,8 +14,9 @@ import pytest
 from tiled.client import from_uri
 
 from conftest import container_addresses, make, rows_in_storage
-from scripts import env_file, haproxy_stats, wait
-from scripts.docker_api import client, project_containers
+from scripts import env_file
+from scripts.lib import haproxy_stats, wait
+from scripts.lib.docker_api import client, project_containers
 
 pytestmark = pytest.mark.live
 

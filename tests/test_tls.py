@@ -7,9 +7,9 @@ import stat
 import pytest
 from cryptography import x509
 
-from scripts import tls
-from scripts.compose import Stack
-from scripts.say import Failure
+from scripts.lib import tls
+from scripts.lib.compose import Stack
+from scripts.lib.say import Failure
 
 
 def values(**extra) -> dict[str, str]:

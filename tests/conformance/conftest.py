@@ -75,7 +75,7 @@ class ServeProcess:
 
 def replicas_running(stack) -> tuple:
     """Each Tiled replica (id, restarts), or () if one is not running."""
-    from scripts.docker_api import project_containers
+    from scripts.lib.docker_api import project_containers
 
     replicas = project_containers(stack.project, "tiled", all=True)
     if any(c.status != "running" for c in replicas):

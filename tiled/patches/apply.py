@@ -2,7 +2,7 @@
 
 Run in the Tiled image's build stage: `python3 apply.py SITE_PACKAGES`, and by
 scripts/ensure_venv.py on the host's venv. `--without NAME` leaves one patch out, for a
-benchmark of what that fix costs or gains (scripts/bench_single.py, make bench-switches);
+benchmark of what that fix costs or gains (make bench-single, make bench-switches);
 `--none` applies nothing (the unpatched image the comparisons run against). Each patch named
 in `series` (in order) must apply exactly where it was made: GNU patch with no fuzz, and
 any hunk that lands at an offset is refused too, as is a patch that changes no file, so a

@@ -5,7 +5,7 @@ import functools
 import docker
 import docker.errors
 
-from scripts.say import Failure
+from scripts.lib.say import Failure
 
 
 @functools.cache

@@ -12,8 +12,8 @@ import time
 
 import httpx
 
-from scripts.docker_api import backend_address, client, running
-from scripts.say import Failure
+from scripts.lib.docker_api import backend_address, client, running
+from scripts.lib.say import Failure
 
 LABEL = "tiled-stack.side-replica"
 

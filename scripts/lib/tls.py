@@ -21,7 +21,7 @@ import re
 import socket
 from pathlib import Path
 
-from scripts.say import Failure, note, ok, step
+from scripts.lib.say import Failure, note, ok, step
 
 SERVED = "served/tiled.pem"
 MODES = ("off", "on", "external")

@@ -6,7 +6,7 @@ Kept in .state/timings.json (not committed): name → seconds, when, and what it
 import datetime
 import json
 
-from scripts.compose import STATE
+from scripts.lib.compose import STATE
 
 PATH = STATE / "timings.json"
 

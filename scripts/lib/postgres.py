@@ -1,6 +1,6 @@
 """SQL as the PostgreSQL superuser, inside the postgres container (local socket, peer auth)."""
 
-from scripts.say import Failure
+from scripts.lib.say import Failure
 
 
 def sql(postgres, database: str, query: str) -> str:

@@ -13,8 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from scripts import env_file, tls
-from scripts.say import Failure
+from scripts import env_file
+from scripts.lib import tls
+from scripts.lib.say import Failure
 
 ROOT = env_file.ROOT
 STATE = ROOT / ".state"
@@ -129,7 +130,7 @@ class Stack:
     def write_overlay(self, name: str, source: str, overlay: dict) -> Path:
         target = STATE / self.project / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(f"# Derived from {source} by scripts/compose.py; do not edit.\n"
+        target.write_text(f"# Derived from {source} by scripts/lib/compose.py; do not edit.\n"
                           + json.dumps(overlay, indent=2) + "\n")
         return target
 

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 from benchmarks import load, report, resources, workloads
-from scripts import build_images, ensure_venv, haproxy_stats, scale, side_replica, timings
-from scripts.compose import ROOT, Stack
-from scripts.docker_api import backend_address, project_containers
-from scripts.say import Failure, note, ok, run_main, step
+from scripts import build_images, ensure_venv, scale
+from scripts.lib import haproxy_stats, side_replica, timings
+from scripts.lib.compose import ROOT, Stack
+from scripts.lib.docker_api import backend_address, project_containers
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 
 @dataclasses.dataclass

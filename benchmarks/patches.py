@@ -19,10 +19,11 @@ import statistics
 from pathlib import Path
 
 from benchmarks import load, resources, workloads
-from scripts import build_images, ensure_venv, side_replica
-from scripts.compose import ROOT, Stack
-from scripts.docker_api import project_containers, running
-from scripts.say import Failure, note, ok, run_main, step
+from scripts import build_images, ensure_venv
+from scripts.lib import side_replica
+from scripts.lib.compose import ROOT, Stack
+from scripts.lib.docker_api import project_containers, running
+from scripts.lib.say import Failure, note, ok, run_main, step
 
 WORKLOADS = ["metadata", "search"]
 CLIENTS = 4

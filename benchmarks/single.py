@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks import load, workloads
-from scripts.compose import ROOT
-from scripts.say import Failure, note, ok, run_main, step
+from scripts.lib.compose import ROOT
+from scripts.lib.say import Failure, note, ok, run_main, step
 from scripts.serve import config, free_port
 
 FIX = "0017-duckdb-connection-per-thread.patch"

@@ -4,7 +4,7 @@ import csv
 import io
 import urllib.request
 
-from scripts.say import Failure
+from scripts.lib.say import Failure
 
 BACKEND = "tiled_http"
 # Every backend whose server slots are the replicas (haproxy.cfg): draining covers them all.
@@ -34,7 +34,7 @@ def up_count(stats_url: str) -> int:
 
 def admin(project: str, command: str) -> str:
     """Send one command to HAProxy's admin socket (inside its container) and return the answer."""
-    from scripts.docker_api import running
+    from scripts.lib.docker_api import running
 
     haproxy = running(project, "haproxy")
     code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock');"

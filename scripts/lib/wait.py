@@ -2,10 +2,10 @@
 
 import time
 
-from scripts import haproxy_stats
-from scripts.compose import Stack
-from scripts.docker_api import project_containers
-from scripts.say import Failure, ok, step
+from scripts.lib import haproxy_stats
+from scripts.lib.compose import Stack
+from scripts.lib.docker_api import project_containers
+from scripts.lib.say import Failure, ok, step
 
 DEADLINE_S = 300  # a cold first start runs initdb and the catalog migration
 

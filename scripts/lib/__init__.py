@@ -1,0 +1,1 @@
+"""Libraries the operator commands in scripts/ share (no make target runs these)."""
