@@ -60,13 +60,13 @@ migrate: venv ## Copy Bluesky runs from a single-process Tiled into the stack (F
 demo: venv ## Write a Bluesky scan + image count through TiledWriter and print the runs
 	@$(RUN) scripts.acquire
 
-bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1: ≈2 min; OUT=dir)
+bench: venv ## Benchmark the running stack vs one Tiled (QUICK=1 OUT=dir; durations: README)
 	@$(RUN) benchmarks.stack
 
-bench-switches: venv ## What each CPU fix is worth: an image without each, interleaved (ROUNDS=3 SECONDS=5; ≈ 8 min + image builds)
+bench-switches: venv ## What each CPU fix is worth: an image without each, interleaved (ROUNDS=3 SECONDS=5)
 	@$(RUN) benchmarks.patches
 
-bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3; ≈ 2 min)
+bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3)
 	@$(RUN) benchmarks.single
 
 test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)

@@ -8,7 +8,9 @@ image's build stage, once). The CPU fixes are the patches whose header says
 and the search workload of `make bench` in turn (4 clients, SECONDS each), so a
 machine that slows down or speeds up during the run affects every setting alike.
 Reports medians over ROUNDS of requests/s and Tiled CPU per request (the
-container's cgroup). Writes benchmarks/results/<date>-switches.{json,md}.
+container's cgroup). Writes benchmarks/results/<date>-switches.{json,md}. The
+"without" images are removed at the end (the unpatched one is kept: make images
+builds it).
 """
 
 import asyncio
@@ -22,7 +24,7 @@ from benchmarks import load, resources, workloads
 from scripts import build_images, ensure_venv
 from scripts.lib import side_replica
 from scripts.lib.compose import ROOT, Stack
-from scripts.lib.docker_api import project_containers, running
+from scripts.lib.docker_api import client, project_containers, running
 from scripts.lib.say import Failure, note, ok, run_main, step
 
 WORKLOADS = ["metadata", "search"]
@@ -79,6 +81,9 @@ def main() -> None:
                     note(f"{w:9} {name:28} {rate:6.1f} req/s  {cpu:6.2f} ms CPU/request")
     finally:
         side_replica.remove(stack.project)
+        for name, image in images.items():  # ≈ 1 GB each; rebuilt from the cached stage next time
+            if name.startswith("without "):
+                client().images.remove(image)
     med = {name: {w: [statistics.median(x[i] for x in v) for i in (0, 1)] for w, v in ws.items()}
            for name, ws in measured.items()}
     lines = ["| setting | " + " | ".join(f"{w} req/s | {w} ms CPU" for w in WORKLOADS) + " |",

@@ -16,6 +16,7 @@ reapplied from them when it changes, and the tests compare against them.
 import base64
 import hashlib
 import importlib.util
+import platform
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,9 @@ def install_compose() -> None:
         return
     if host_has_compose_v2():
         return
+    if platform.machine() != "x86_64":
+        fail(f"no `docker compose` plugin, and {COMPOSE_PIN.relative_to(ROOT)} carries an x86_64 binary only "
+             f"(this host is {platform.machine()})", "install the Compose plugin (package docker-compose-plugin)")
     print(f"▶ installing Docker Compose v2 into {COMPOSE.relative_to(ROOT)} "
           f"(from {COMPOSE_PIN.relative_to(ROOT)}; the host has no `docker compose`)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

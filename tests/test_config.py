@@ -92,12 +92,8 @@ def test_compose_config_resolves_with_only_haproxy_published(env_path, tmp_path)
     assert "container_name" not in services["tiled"]
     tiled = services["tiled"]
     assert json.loads(tiled["environment"]["TILED_CATALOG_READABLE_STORAGE"]) == [str(detectors)]
-    # Compose v1 renders volumes as "src:dst:ro" strings, v2 as mappings.
-    mounts = [v if isinstance(v, dict) else dict(zip(("source", "target", "mode"), v.split(":") + [""]))
-              for v in tiled["volumes"]]
-    mount = next(m for m in mounts if m["target"] == str(detectors))
-    assert mount["source"] == str(detectors)
-    assert mount.get("read_only") is True or mount.get("mode") == "ro"
+    mount = next(m for m in tiled["volumes"] if m["target"] == str(detectors))  # Compose v2: mappings
+    assert mount["source"] == str(detectors) and mount["read_only"] is True
     deps = tiled["depends_on"]
     assert deps["tiled-init"]["condition"] == "service_completed_successfully"
     assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"

@@ -131,6 +131,7 @@ def test_one_plain_layer_answers_like_tiled_s_six(site_without):
     assert len(plain["rows"]) == len(upstream["rows"]) == 18
     for ours, theirs in zip(plain["rows"], upstream["rows"]):
         assert ours == theirs
+    assert {"500": 1.0} in [row[5] for row in upstream["rows"]], "the Prometheus counts were not observed"
     statuses = [row[2] for row in upstream["rows"]]
     assert {200, 400, 401, 403, 404, 500} <= set(statuses), statuses  # each path above was taken
     cookies = [[v for k, v in row[4] if k == "set-cookie"] for row in upstream["rows"]]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SQLITE_APP
+from benchmarks.patches import cpu_fixes
 from scripts import ensure_venv
 
 PATCHES = ROOT / "tiled" / "patches"
@@ -169,6 +170,18 @@ def test_a_patch_that_does_not_apply_exactly_stops_the_build(patched, tmp_path):
     done = apply(site)
     assert done.returncode != 0 and series()[0] in done.stderr and "offset" in done.stderr
     assert "compare_digest(api_key.encode()" not in moved.read_text(), "a refused patch must change nothing"
+
+
+@pytest.mark.parametrize("left_out", cpu_fixes())
+def test_each_variant_make_bench_switches_builds_applies(left_out, tmp_path):
+    """The series without one CPU fix (the image `make bench-switches` builds for it) applies:
+    later patches may land at an offset there, never with fuzz."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(SITE, site, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, str(PATCHES / "apply.py"), str(site), "--without", left_out],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(series()) - 1} upstream fixes applied" in done.stdout
 
 
 def test_the_host_venv_is_patched_and_keeps_the_releases(patched):

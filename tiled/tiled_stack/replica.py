@@ -55,7 +55,8 @@ def main() -> None:
         sys.exit(78)  # EX_CONFIG
     readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
     print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
-    # What `tiled serve config --scalable` does, with our layers added to the app.
+    # What `tiled serve config --scalable` does, with our layers added to the app (and no
+    # print_server_info: it would write the API key, in a URL, to the container's log).
     import uvicorn
     from tiled.server.app import build_app_from_config
     from tiled.server.logging_config import LOGGING_CONFIG
@@ -63,7 +64,7 @@ def main() -> None:
     app = build_app_from_config(config, scalable=True)
     for layer in LAYERS:
         print(f"tiled-stack: {layer.attach(app)}", flush=True)
-    uvicorn.run(app, **{**config.uvicorn, "log_config": LOGGING_CONFIG})
+    uvicorn.run(app, **{"log_config": LOGGING_CONFIG, **config.uvicorn})
 
 
 if __name__ == "__main__":
