@@ -82,12 +82,13 @@ def test_readable_storage_paths_are_split_and_checked(tmp_path):
 def test_compose_config_resolves_with_only_haproxy_published(env_path, tmp_path):
     detectors = tmp_path / "det"
     detectors.mkdir()
-    env_path.write_text(f"TILED_READABLE_STORAGE={detectors}\n")
+    env_path.write_text(f"TILED_READABLE_STORAGE={detectors}\nTILED_REPLICAS=5\n")
     stack = Stack(env_file.ensure())
     done = stack.run("config", capture=True)
     config = yaml.safe_load(done.stdout)
     services = config["services"]
     assert set(services) == {"haproxy", "tiled", "tiled-init", "postgres", "redis"}
+    assert services["tiled"]["deploy"]["replicas"] == 5  # what a plain `docker compose up -d` starts
     assert [name for name, s in services.items() if s.get("ports")] == ["haproxy"]
     assert "container_name" not in services["tiled"]
     tiled = services["tiled"]
