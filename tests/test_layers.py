@@ -1,9 +1,13 @@
-"""Fast tier: registration outside readable storage, assets in POST /metadata and NUL
-characters (which PostgreSQL cannot store) get a 400.
+"""Fast tier: two of our layers (tiled/tiled_stack), added to Tiled's app as replica.py adds them.
 
-In-process against Tiled with an SQLite catalog; the same requests through
-HAProxy are in tests/test_bad_input_live.py.
+/readyz is served ahead of Tiled's own routes (its failure path, PostgreSQL gone → 503 → out
+of HAProxy's rotation, is in tests/test_resilience_live.py). The input guards: registration
+outside readable storage, assets in POST /metadata and NUL characters (which PostgreSQL
+cannot store) get a 400; the same requests through HAProxy are in tests/test_bad_input_live.py.
+In-process against Tiled with an SQLite catalog, one interpreter for both.
 """
+
+import pytest
 
 from conftest import SQLITE_APP, probe_tiled_stack
 
@@ -13,9 +17,10 @@ sys.path.insert(0, sys.argv[1])
 d = tempfile.mkdtemp()
 os.makedirs(f"{d}/detectors")
 os.environ["TILED_CATALOG_READABLE_STORAGE"] = json.dumps([f"{d}/detectors"])
-from tiled_stack import input_guards
+from tiled_stack import input_guards, readiness
 from starlette.testclient import TestClient
 app = sqlite_app(d, readable_storage=[f"{d}/detectors"])
+ready_status = readiness.attach(app)
 status = input_guards.attach(app)
 def node(key, uri):
     return {"id": key, "structure_family": "array", "specs": [], "metadata": {}, "data_sources": [{
@@ -24,8 +29,10 @@ def node(key, uri):
                       "chunks": [[4], [4]], "shape": [4, 4], "dims": None, "resizable": False},
         "assets": [{"data_uri": uri, "is_directory": False, "parameter": "data_uris", "num": 0}]}]}
 key = {"Authorization": "Apikey k"}
-out = {"status": status}
+out = {"status": status, "ready_status": ready_status}
 with TestClient(app, raise_server_exceptions=False) as c:
+    ready = c.get("/readyz")
+    out["ready"] = [ready.status_code, ready.json(), c.head("/readyz").status_code, c.get("/healthz").status_code]
     for name, uri in [("etc", "file://localhost/etc/passwd"),
                       ("traversal", f"file://localhost{d}/detectors/../../../etc/passwd"),
                       ("inside", f"file://localhost{d}/detectors/a.tiff")]:
@@ -61,8 +68,17 @@ print(json.dumps(out))
 """
 
 
-def test_bad_registrations_are_refused_and_good_input_passes():
-    out = probe_tiled_stack(PROBE)
+@pytest.fixture(scope="module")
+def out() -> dict:
+    return probe_tiled_stack(PROBE)
+
+
+def test_readyz_answers_from_the_catalog(out):
+    assert out["ready_status"].startswith("readiness at /readyz")
+    assert out["ready"] == [200, {"ready": True}, 200, 200]
+
+
+def test_bad_registrations_are_refused_and_good_input_passes(out):
     assert out["status"].startswith("input guards on")
     for name in ("etc", "traversal"):
         assert out[name][0] == 400 and "outside this server's readable storage" in out[name][1], out[name]
