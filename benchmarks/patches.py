@@ -84,6 +84,7 @@ def main() -> None:
         for name, image in images.items():  # ≈ 1 GB each; rebuilt from the cached stage next time
             if name.startswith("without "):
                 client().images.remove(image)
+        build_images.remove_superseded_images()  # and the build stages they left
     med = {name: {w: [statistics.median(x[i] for x in v) for i in (0, 1)] for w, v in ws.items()}
            for name, ws in measured.items()}
     lines = ["| setting | " + " | ".join(f"{w} req/s | {w} ms CPU" for w in WORKLOADS) + " |",
