@@ -1,8 +1,10 @@
-"""Fast tier: patches 0020, 0021, 0022 and 0024 are active, and change no answer.
+"""Fast tier: patches 0019, 0020, 0021, 0022 and 0024 are active, and change no answer.
 
 One probe runs twice, at once, in interpreters of their own: with Tiled as released
 (.venv/upstream) and as patched (the venv, as in the image). What each patch is for
-is observed, not assumed: path lookups reusing their aliases (0020), the response
+is observed, not assumed: the calls that reach FastAPI's `get_dependant` per
+request (0019: about 160 as released, none once the graph is analysed), path lookups
+reusing their aliases (0020), the response
 model class surviving a garbage collection (0021), the count statements a search
 page issues, counted with SQLAlchemy's events (0022), and a dead pooled connection
 replaced at checkout (0024). Byte-identical answers through PostgreSQL are checked
@@ -14,8 +16,9 @@ import pytest
 from conftest import SQLITE_APP, probe_pair
 
 PROBE = SQLITE_APP + r"""
-import gc, json, re, tempfile
+import collections, gc, json, re, tempfile
 from contextlib import closing
+import fastapi.dependencies.utils as fastapi_utils
 import tiled
 import tiled.catalog.adapter as adapter
 from sqlalchemy import event
@@ -23,7 +26,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from starlette.testclient import TestClient
 from tiled.server import schemas
 from tiled.storage import EmbeddedSQLStorage
-out = {"tiled": tiled.__file__}
+out = {"tiled": tiled.__file__, "fastapi": fastapi_utils.__file__}
+calls = collections.Counter()
+get_dependant = fastapi_utils.get_dependant
+
+
+def counting(**kw):
+    calls["n"] += 1
+    return get_dependant(**kw)
+
+
+fastapi_utils.get_dependant = counting  # seen by solve_dependencies, patched or not
 
 # 0020: a lookup reuses the aliases of the last lookup as deep (as released, it makes new
 # ones, and SQLAlchemy builds every column's proxy again); the SQL is the same.
@@ -59,6 +72,16 @@ with TestClient(app) as c:
         r = c.get(f"/api/v1/search/p?page[offset]={offset}&page[limit]=5", headers=key)
         out["pages"].append(re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+", "TIME", r.text))
         out["counts"].append(sum("count(" in s.lower() for s in statements))
+    # 0019: get_dependant calls per request, after a warm-up (a fixed graph is analysed once).
+    out["per_request"], out["answers"] = {}, []
+    paths = ["/api/v1/metadata/p/n03", "/api/v1/search/p?page[limit]=2", "/api/v1/metadata/nope"]
+    for path in paths:
+        c.get(path, headers=key)
+    for path, headers in [(p, key) for p in paths] + [(paths[0], {})]:
+        calls.clear()
+        r = c.get(path, headers=headers)
+        out["per_request"][f"{path}{'' if headers else ' (no key)'}"] = calls["n"]
+        out["answers"].append([r.status_code, re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+", "TIME", r.text)])
     # 0021: once the response is gone, is its model class still there?
     gc.collect()
     out["resource_classes_alive"] = sorted(
@@ -95,6 +118,17 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def probes():
     return probe_pair(PROBE)
+
+
+def test_0019_no_dependency_analysis_per_request(probes):
+    released, patched = probes
+    assert "upstream" in released["fastapi"] and "upstream" not in patched["fastapi"]
+    print(f"\nget_dependant calls per request, as released: {released['per_request']}; "
+          f"patched: {patched['per_request']}")
+    assert all(n >= 20 for n in released["per_request"].values()), released["per_request"]
+    assert all(n == 0 for n in patched["per_request"].values()), patched["per_request"]
+    assert patched["answers"] == released["answers"]
+    assert [a[0] for a in patched["answers"]] == [200, 200, 404, 401]
 
 
 def test_0020_path_lookups_reuse_their_aliases_and_build_the_same_sql(probes):
