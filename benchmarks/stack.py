@@ -8,7 +8,7 @@ Configurations, in one run on the same machine:
   haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
 
 Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
-profile (≈ 2 min) that checks the harness works; its figures mean little.
+profile that checks the harness works (its duration: README); its figures mean little.
 """
 
 import asyncio
