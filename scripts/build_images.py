@@ -137,7 +137,10 @@ def build(image: str, context: Path, args: dict, labels: dict, target: str | Non
     tail = []
     for chunk in stream:
         if "error" in chunk:
+            refused = next((line for line in tail if "tiled-stack: patch " in line), None)
             raise Failure(f"building {image} failed: {chunk['error'].strip()}\n    " + "\n    ".join(tail[-15:]),
+                          "refresh the patch named above against the pinned source (or drop it if upstream "
+                          "fixed it), then rerun `make images`" if refused else
                           f"fix {context.relative_to(ROOT)}/Dockerfile or the network, then rerun `make images`")
         line = (chunk.get("stream") or "").rstrip()
         if line:
