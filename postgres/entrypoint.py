@@ -2,8 +2,10 @@
 
 First start (empty data volume): initdb with the superuser password from the
 environment (via a file, never the command line), then one role and one
-database each for the catalog and for tabular storage. Neither role can
-connect to the other's database. Later starts only size max_connections.
+database each for the catalog, for tabular storage and for authentication
+(users' sessions, principals, API keys). No role can connect to another's
+database. Later starts size max_connections, and add a database a cluster made
+by an older version of this image lacks (tiled_authn), once.
 
 The first start is all or nothing. The cluster is made in a staging directory
 on the same volume and moved into PGDATA only once its roles and databases
@@ -30,6 +32,7 @@ def max_connections() -> int:
         for name in (
             "TILED_CATALOG_POOL_SIZE", "TILED_CATALOG_MAX_OVERFLOW",
             "TILED_STORAGE_POOL_SIZE", "TILED_STORAGE_MAX_OVERFLOW",
+            "TILED_AUTHN_POOL_SIZE", "TILED_AUTHN_MAX_OVERFLOW",
         )
     )
     return int(os.environ["TILED_MAX_REPLICAS"]) * per_replica + HEADROOM
@@ -37,6 +40,11 @@ def max_connections() -> int:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+# Each database with the role that owns it (of the same name) and that role's password.
+DATABASES = {"tiled_catalog": "CATALOG_DB_PASSWORD", "tiled_storage": "STORAGE_DB_PASSWORD",
+             "tiled_authn": "AUTHN_DB_PASSWORD"}
 
 
 def psql(sql: str) -> None:
@@ -66,20 +74,53 @@ def initialise() -> None:
     # Listen on the socket only while setting up: the healthcheck (TCP) stays red.
     # The server's own log stays in the container's: pg_ctl's "Examine the log output" points there.
     subprocess.run(["pg_ctl", "-D", STAGING, "-o", "-c listen_addresses=''", "-w", "start"], check=True)
-    statements = []
-    for name, env in (("tiled_catalog", "CATALOG_DB_PASSWORD"), ("tiled_storage", "STORAGE_DB_PASSWORD")):
-        password = quote_literal(os.environ[env])
-        statements += [
-            f"CREATE ROLE {name} LOGIN PASSWORD {password};",
-            f"CREATE DATABASE {name} OWNER {name};",
-            f"REVOKE ALL ON DATABASE {name} FROM PUBLIC;",
-        ]
-    print("▶ creating roles and databases tiled_catalog and tiled_storage", flush=True)
-    psql("\n".join(statements))
+    print(f"▶ creating roles and databases {', '.join(DATABASES)}", flush=True)
+    psql("\n".join(create_database(name) for name in DATABASES))
     subprocess.run(["pg_ctl", "-D", STAGING, "-m", "fast", "-w", "stop"], check=True,
                    stdout=subprocess.DEVNULL)
     move_into_place()
-    print("✓ databases tiled_catalog and tiled_storage created, each with its own role", flush=True)
+    with open(os.path.join(PGDATA, ADDED_MARK), "w"):
+        pass
+    print(f"✓ databases {', '.join(DATABASES)} created, each with its own role", flush=True)
+
+
+def create_database(name: str) -> str:
+    password = quote_literal(os.environ[DATABASES[name]])
+    return (f"CREATE ROLE {name} LOGIN PASSWORD {password};\n"
+            f"CREATE DATABASE {name} OWNER {name};\n"
+            f"REVOKE ALL ON DATABASE {name} FROM PUBLIC;")
+
+
+# Marks a cluster that has every database in DATABASES (made by this image, or completed once).
+ADDED_MARK = ".tiled-authn"
+
+
+def add_missing_databases() -> None:
+    """A cluster from before tiled_authn existed gets it on its first start with this image.
+
+    The server listens on its socket only meanwhile (the healthcheck stays red), and the
+    mark is written only once the database exists: an interrupted run is run again."""
+    if os.path.exists(os.path.join(PGDATA, ADDED_MARK)):
+        return
+    subprocess.run(["pg_ctl", "-D", PGDATA, "-o", "-c listen_addresses=''", "-w", "start"], check=True,
+                   stdout=subprocess.DEVNULL)
+    try:
+        found = subprocess.run(["psql", "-qtA", "--username=postgres", "--dbname=postgres", "-c",
+                                "SELECT datname FROM pg_database"], capture_output=True, text=True, check=True)
+        missing = [name for name in DATABASES if name not in found.stdout.split()]
+        for name in missing:
+            print(f"▶ this cluster predates database {name}: creating it with its own role", flush=True)
+            role = subprocess.run(["psql", "-qtA", "--username=postgres", "--dbname=postgres", "-c",
+                                   f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'"],
+                                  capture_output=True, text=True, check=True)
+            sql = create_database(name)
+            if role.stdout.strip():  # a run cut short between the two statements
+                sql = sql.split("\n", 1)[1]
+            psql(sql)
+    finally:
+        subprocess.run(["pg_ctl", "-D", PGDATA, "-m", "fast", "-w", "stop"], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(PGDATA, ADDED_MARK), "w"):
+        pass
 
 
 def fsync_directory(path: str) -> None:
@@ -138,12 +179,17 @@ def clear_unfinished_first_start() -> None:
 
 
 def main() -> None:
-    for env in ("POSTGRES_PASSWORD", "CATALOG_DB_PASSWORD", "STORAGE_DB_PASSWORD"):
+    for env in ("POSTGRES_PASSWORD", *DATABASES.values()):
         if not os.environ.get(env):
             sys.exit(f"postgres: {env} is empty; set it in .env (make up generates it)")
     if os.path.exists(os.path.join(PGDATA, "PG_VERSION")):
         if os.path.isdir(STAGING):
             os.rmdir(STAGING)  # the last step of a first start, cut short after PG_VERSION moved
+        try:
+            add_missing_databases()
+        except subprocess.CalledProcessError as err:
+            sys.exit(f"postgres: adding a missing database failed at `{err.cmd[0]}` (exit {err.returncode}; "
+                     "its output is above); the next start tries again")
     else:
         clear_unfinished_first_start()
         try:

@@ -3,6 +3,7 @@
 Writes backups/<project>-<UTC time>/ (or BACKUP_DIR):
   catalog.dump   pg_dump -Fc of tiled_catalog (metadata)
   storage.dump   pg_dump -Fc of tiled_storage (tabular event data)
+  authn.dump     pg_dump -Fc of tiled_authn (principals, sessions, API keys)
   arrays.tar     the shared array volume (/data/arrays)
   config/        compose.yaml, the override if any, tiled/config.yml, and .env
                  WITHOUT its secrets (keep .env itself safe separately)
@@ -28,7 +29,7 @@ from scripts.lib.docker_api import project_containers, running
 from scripts.lib.postgres import sql
 from scripts.lib.say import Failure, ok, run_main, step
 
-DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage"}
+DATABASES = {"catalog.dump": "tiled_catalog", "storage.dump": "tiled_storage", "authn.dump": "tiled_authn"}
 ARRAYS = "/data/arrays"
 
 
@@ -109,6 +110,9 @@ def main() -> None:
     counts["catalog_nodes"] = dump_catalog(postgres, target / "catalog.dump")
     step("pg_dump tiled_storage → storage.dump")
     exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", "tiled_storage"], target / "storage.dump",
+                 "postgres")
+    step("pg_dump tiled_authn → authn.dump")
+    exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", "tiled_authn"], target / "authn.dump",
                  "postgres")
     step(f"{ARRAYS} → arrays.tar")
     exec_to_file(replica, ["tar", "-C", ARRAYS, "-cf", "-", "."], target / "arrays.tar", "tiled")

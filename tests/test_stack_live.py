@@ -118,7 +118,9 @@ def test_array_and_table_read_back_identical_through_haproxy_and_each_replica(st
 
 def postgres_dsn(stack, values, role):
     (address,) = container_addresses(stack, "postgres")
-    return f"postgresql://{role}:{values[{'tiled_catalog': 'CATALOG_DB_PASSWORD', 'tiled_storage': 'STORAGE_DB_PASSWORD'}[role]]}@{address}:5432"
+    password = values[{"tiled_catalog": "CATALOG_DB_PASSWORD", "tiled_storage": "STORAGE_DB_PASSWORD",
+                       "tiled_authn": "AUTHN_DB_PASSWORD"}[role]]
+    return f"postgresql://{role}:{password}@{address}:5432"
 
 
 def test_table_rows_live_in_tiled_storage_and_metadata_in_tiled_catalog(stack, values, tiled, written):
@@ -138,9 +140,12 @@ def test_table_rows_live_in_tiled_storage_and_metadata_in_tiled_catalog(stack, v
 
 
 def test_each_database_role_is_confined_to_its_own_database(stack, values):
-    for role, other in (("tiled_catalog", "tiled_storage"), ("tiled_storage", "tiled_catalog")):
-        with pytest.raises(psycopg.OperationalError, match="permission denied"):
-            psycopg.connect(postgres_dsn(stack, values, role) + f"/{other}").close()
+    roles = ("tiled_catalog", "tiled_storage", "tiled_authn")
+    for role in roles:
+        psycopg.connect(postgres_dsn(stack, values, role) + f"/{role}").close()
+        for other in set(roles) - {role}:
+            with pytest.raises(psycopg.OperationalError, match="permission denied"):
+                psycopg.connect(postgres_dsn(stack, values, role) + f"/{other}").close()
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(postgres_dsn(stack, values, "tiled_catalog").replace(
             values["CATALOG_DB_PASSWORD"], "wrong") + "/tiled_catalog").close()
