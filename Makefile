@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single test test-fast lock
+.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single test test-fast lock service-account key keys revoke-key access rotate-secret-key retire-secret-key
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,27 @@ reload-tls: venv ## Serve a renewed TLS certificate (TILED_TLS_CERT) without dro
 rollout: venv ## Replace every replica one at a time (new image/config), drained first: no failed request
 	@$(RUN) scripts.rollout
 
+service-account: venv ## A beamline's RunEngine identity and its key, printed once: make service-account NAME=…
+	@$(RUN) scripts.keys service-account
+
+key: venv ## An API key for a user: make key FOR=… [SCOPES="read:metadata read:data"] [EXPIRES=30d]
+	@$(RUN) scripts.keys key
+
+keys: venv ## List API keys: owner, scopes, expiry, last use [FOR=…]
+	@$(RUN) scripts.keys keys
+
+revoke-key: venv ## Revoke an API key on every replica: make revoke-key KEY=<first eight characters>
+	@$(RUN) scripts.keys revoke
+
+access: venv ## Apply tiled/access/tags.yml and the directory's groups to every replica now
+	@$(RUN) scripts.keys access
+
+rotate-secret-key: venv ## New token-signing key, nobody logged out (two rollouts); the old one still verifies
+	@$(RUN) scripts.rotate_secret_key
+
+retire-secret-key: venv ## Stop accepting the key before the last rotation (one rollout)
+	@$(RUN) scripts.rotate_secret_key retire
+
 backup: venv ## Back up catalog, storage, arrays and config into backups/<project>-<time>/ (BACKUP_DIR=)
 	@$(RUN) scripts.backup
 
@@ -75,5 +96,5 @@ test: venv ## Run the whole test suite: fast tier, local processes, then Docker 
 test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (< 1 min)
 	@$(VENV) -m pytest -m "not live and not local"
 
-lock: venv ## Re-resolve requirements/*.txt and tiled/requirements.txt from the .in files
+lock: venv ## Pin what the .in files add (other pins kept; UPGRADE=1 re-resolves all)
 	@$(RUN) scripts.lock

@@ -1,9 +1,13 @@
 """`make lock`: re-resolve the pinned requirement sets from their .in files.
 
 Each set is installed into a throwaway venv and frozen, so the lock is exactly
-what pip resolves today. Review the diff, then rebuild (`make images`).
+what pip resolves. The current lock constrains it: a package added to a .in file
+gets pinned, and no other pin moves (our patches are made against those versions).
+UPGRADE=1 re-resolves everything as of today. Review the diff, then rebuild
+(`make images`).
 """
 
+import os
 import subprocess
 import tempfile
 import venv
@@ -21,7 +25,8 @@ def lock(source: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         venv.create(tmp, with_pip=True)
         pip = [f"{tmp}/bin/python", "-m", "pip", "--disable-pip-version-check"]
-        if subprocess.run([*pip, "install", "--quiet", "-r", str(source)]).returncode:
+        keep = [] if os.environ.get("UPGRADE") or not target.exists() else ["-c", str(target)]
+        if subprocess.run([*pip, "install", "--quiet", "-r", str(source), *keep]).returncode:
             raise Failure(f"could not resolve {source.relative_to(ROOT)}", "fix the pins in it, then rerun")
         frozen = subprocess.run([*pip, "freeze", "--exclude", "pip", "--exclude", "setuptools",
                                  "--exclude", "wheel"], capture_output=True, text=True, check=True).stdout
