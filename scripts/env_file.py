@@ -4,6 +4,7 @@ Rule: in .env.example, an uncommented key with an empty value is a secret,
 generated here. A value already in .env is never changed. Safe to rerun.
 """
 
+import importlib.util
 import os
 import re
 import secrets
@@ -65,7 +66,20 @@ def fill_secrets(text: str, missing: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def auth_module():
+    """tiled/tiled_stack/auth.py, the one declaration of TILED_AUTH's modes and variables
+    (it runs in the Tiled image; it imports nothing from Tiled at module level)."""
+    spec = importlib.util.spec_from_file_location("tiled_stack_auth", ROOT / "tiled" / "tiled_stack" / "auth.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def validate(values: dict[str, str], path: Path) -> None:
+    problems = auth_module().problems(values)
+    if problems:
+        raise Failure(f"the authentication settings in {path} are incomplete:\n    " + "\n    ".join(problems),
+                      f"set them in {path} (.env.example lists each; README \"Users and access\")")
     for key in secret_keys():
         if not URL_SAFE.match(values.get(key, "")):
             raise Failure(f"{key} in {path} has characters that break a database URL",

@@ -3,7 +3,9 @@
 Runs Compose v2 (the host's `docker compose` plugin, else the binary `make venv`
 puts in .venv/bin), and always passes the same files, project and env file.
 Read-only detector mounts cannot be looped over in compose.yaml, so they are
-derived from TILED_READABLE_STORAGE into an overlay here.
+derived from TILED_READABLE_STORAGE into an overlay here; so are the TLS files
+(TILED_TLS=on) and, with TILED_AUTH=ldap|oidc, the replicas' way out to the
+facility's directory or identity provider (the backend network has none).
 """
 
 import functools
@@ -64,6 +66,8 @@ class Stack:
         self.tls = tls.mode(values)
         self.scheme = "https" if self.tls == "on" else "http"
         self.tls_dir = tls.folder(self.env_path)
+        self.auth = env_file.auth_module().mode(values)
+        self.profiles = [p for p in re.split(r"[\s,]+", values.get("COMPOSE_PROFILES", "")) if p]
         # With TLS on, plain http:// on this port is redirected to https:// ("off": not served at all).
         http_port = values.get("TILED_HTTP_PORT") or "8080"
         self.http_port = int(http_port) if self.tls == "on" and http_port != "off" else None
@@ -98,6 +102,11 @@ class Stack:
             files.append(self.write_readable_overlay(paths))
         if self.tls == "on":
             files.append(self.write_tls_overlay())
+        if self.auth != "single-user":
+            files.append(self.write_overlay("compose.auth.yaml", f"TILED_AUTH={self.auth}", {
+                "services": {service: {"networks": ["backend", "identity"]} for service in ("tiled", "tiled-init")},
+                "networks": {"identity": {}},
+            }))
         return files
 
     def write_tls_overlay(self) -> Path:
@@ -131,7 +140,8 @@ class Stack:
 
     def args(self, *args: str) -> list[str]:
         files = [arg for f in self.files() for arg in ("-f", str(f))]
-        return [*compose_command(), *files, "--project-directory", str(ROOT),
+        profiles = [arg for p in self.profiles for arg in ("--profile", p)]
+        return [*compose_command(), *files, *profiles, "--project-directory", str(ROOT),
                 "-p", self.project, "--env-file", str(self.env_path), *args]
 
     def run(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:

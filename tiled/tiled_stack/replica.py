@@ -10,9 +10,10 @@ import json
 import os
 import sys
 
-from tiled.config import parse_configs
+from tiled.config import Config
+from tiled.utils import parse
 
-from tiled_stack import front_door, input_guards, readiness
+from tiled_stack import auth, front_door, input_guards, readiness
 
 # Our own layers, added to the app Tiled builds, in this order: the /readyz route, the
 # input guards and, outermost, the front door (it checks credentials before any layer
@@ -44,9 +45,20 @@ def problems(config) -> list[str]:
     return found
 
 
+def load(config_path: str) -> Config:
+    """config.yml with the authentication of TILED_AUTH (tiled_stack/auth.py)."""
+    return Config.model_validate(auth.configure(parse(config_path), os.environ))
+
+
 def main() -> None:
     config_path = os.environ.get("TILED_CONFIG", "/etc/tiled/config.yml")
-    config = parse_configs(config_path)
+    auth_problems = auth.problems(os.environ)
+    if auth_problems:
+        print("tiled-stack: the authentication settings are incomplete:", file=sys.stderr)
+        for p in auth_problems:
+            print(f"  - {p}", file=sys.stderr)
+        sys.exit(78)  # EX_CONFIG
+    config = load(config_path)
     found = problems(config)
     if found:
         print("tiled-stack: this configuration cannot be scaled:", file=sys.stderr)
@@ -54,7 +66,8 @@ def main() -> None:
             print(f"  - {p}", file=sys.stderr)
         sys.exit(78)  # EX_CONFIG
     readable = json.loads(os.environ.get("TILED_CATALOG_READABLE_STORAGE") or "[]")
-    print(f"tiled-stack: serving {config_path}; readable storage: {readable or 'none'}", flush=True)
+    print(f"tiled-stack: serving {config_path}; authentication: {auth.mode(os.environ)}; "
+          f"readable storage: {readable or 'none'}", flush=True)
     # What `tiled serve config --scalable` does, with our layers added to the app (and no
     # print_server_info: it would write the API key, in a URL, to the container's log).
     import uvicorn
