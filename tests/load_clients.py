@@ -32,8 +32,8 @@ def reading_paths(tiled, parent: str) -> list[str]:
     return [f"/api/v1/metadata/{parent}", "/api/v1/array/block/load_data/arr?block=0,0", TABLE_PATH]
 
 
-def authorized(url: str, api_key: str, timeout: float) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout)
+def authorized(url: str, api_key: str, timeout: float, verify: str | bool = True) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Apikey {api_key}"}, timeout=timeout, verify=verify)
 
 
 def burst(url: str, api_key: str, path: str, n: int) -> list[object]:
@@ -56,13 +56,13 @@ class Readers(Background):
 
     threads_wanted = 3
 
-    def __init__(self, url: str, api_key: str, paths: list[str]):
-        self.url, self.api_key, self.paths = url, api_key, paths
+    def __init__(self, url: str, api_key: str, paths: list[str], verify: str | bool = True):
+        self.url, self.api_key, self.paths, self.verify = url, api_key, paths, verify
         self.results: list[tuple[float, float, object]] = []
         super().__init__()
 
     def run(self):
-        with authorized(self.url, self.api_key, 10) as c:
+        with authorized(self.url, self.api_key, 10, self.verify) as c:
             while not self.stopping.is_set():
                 t = time.monotonic()
                 try:
@@ -121,15 +121,16 @@ def keys_in_catalog(tiled, parent: str) -> list[str]:
 class Scans(Background):
     """Bluesky scans of 10 points through TiledWriter, one after another: (uid or None, error, start, end)."""
 
-    def __init__(self, url: str, api_key: str):
-        self.url, self.api_key = url, api_key
+    def __init__(self, url: str, api_key: str, verify: str | bool = True, md: dict | None = None):
+        self.url, self.api_key, self.verify, self.md = url, api_key, verify, md or {}
         self.results: list[tuple[str | None, str | None, float, float]] = []
         super().__init__()
 
     def run(self):
         motor, det, _ = devices()
         while not self.stopping.is_set():
-            engine = writing_engine(from_uri(self.url, api_key=self.api_key))
+            engine = writing_engine(from_uri(self.url, api_key=self.api_key, verify=self.verify))
+            engine.md.update(self.md)
             t = time.monotonic()
             try:
                 (uid,) = engine(scan([det], motor, -1, 1, 10))
