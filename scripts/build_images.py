@@ -208,6 +208,16 @@ def wheels_dir(context: Path) -> Path:
     return context / ".build" / "wheels"
 
 
+def pip_target(python: tuple[str, str]) -> list[str]:
+    """pip options that choose wheels for an image's Python (version, ABI tag) on Linux x86_64,
+    whatever this host runs."""
+    # pip does not widen an explicit manylinux platform to older glibc tags: list them.
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    return ["--only-binary=:all:", "--python-version", python[0], "--implementation", "cp", "--abi", python[1],
+            *[arg for p in platforms for arg in ("--platform", p)]]
+
+
 def ensure_wheels(requirements: Path, python: tuple[str, str]) -> None:
     """Download every pinned wheel for the image's Python (version, ABI tag) on the host (Linux x86_64)."""
     wheels = wheels_dir(requirements.parent)
@@ -219,12 +229,7 @@ def ensure_wheels(requirements: Path, python: tuple[str, str]) -> None:
     shutil.rmtree(wheels, ignore_errors=True)
     wheels.mkdir(parents=True)
     step(f"downloading wheels on the host for {requirements.relative_to(ROOT)} (python {python[0]})")
-    # pip does not widen an explicit manylinux platform to older glibc tags: list them.
-    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)]
-    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    cmd = [str(ROOT / ".venv/bin/pip"), "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", python[0], "--implementation", "cp", "--abi", python[1],
-           *[arg for p in platforms for arg in ("--platform", p)],
+    cmd = [str(ROOT / ".venv/bin/pip"), "download", "--quiet", "--no-deps", *pip_target(python),
            "--dest", str(wheels), "--requirement", str(requirements)]
     if subprocess.run(cmd).returncode:
         raise Failure("downloading wheels failed", "check that this host reaches PyPI (or set PIP_INDEX_URL "
