@@ -49,7 +49,8 @@ def main() -> None:
         check_port_free(stack, stack.bind_address, stack.http_port, "TILED_HTTP_PORT")
     check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
     ca = tls.ensure(stack.values, stack.env_path)
-    build_images.main()
+    # Not the test identity provider's images, unless its profile is on.
+    build_images.main(build_images.active_profiles(stack.values))
     images_ready = time.monotonic()
     running = len(project_containers(stack.project, all=False))
     step(f"starting project {stack.project} with {stack.replicas} Tiled replicas")
