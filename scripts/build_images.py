@@ -21,7 +21,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -286,11 +285,6 @@ UNPATCHED = ("unpatched", "--none")
 def base_image_id(base: str) -> str:
     ensure_base(base)
     return client().images.get(base).id
-
-
-def active_profiles(values: dict[str, str]) -> set[str]:
-    """The Compose profiles `make up` starts: COMPOSE_PROFILES in the env file."""
-    return {name for name in re.split(r"[\s,]+", values.get("COMPOSE_PROFILES", "")) if name}
 
 
 def main(profiles: set[str] | None = None) -> None:

@@ -32,7 +32,7 @@ def main() -> None:
         raise Failure(f"a rollout needs one spare slot: {n} replicas and TILED_MAX_REPLICAS={stack.max_replicas}",
                       "`make scale N=…` one lower first, or raise TILED_MAX_REPLICAS (then `make down && make up`)")
     started = time.monotonic()
-    build_images.main(build_images.active_profiles(stack.values))
+    build_images.main(set(stack.profiles))
     step("running the catalog migration job (tiled-init) before any new replica starts")
     stack.run("run", "--rm", "--no-deps", "tiled-init")
     for index, container in enumerate(old, 1):

@@ -50,7 +50,7 @@ def main() -> None:
     check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
     ca = tls.ensure(stack.values, stack.env_path)
     # Not the test identity provider's images, unless its profile is on.
-    build_images.main(build_images.active_profiles(stack.values))
+    build_images.main(set(stack.profiles))
     images_ready = time.monotonic()
     running = len(project_containers(stack.project, all=False))
     step(f"starting project {stack.project} with {stack.replicas} Tiled replicas")
