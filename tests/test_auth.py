@@ -43,6 +43,8 @@ def test_ldap_becomes_tileds_ldap_authenticator_with_the_shared_authn_database(m
                                       "cn=staff,ou=groups,dc=facility,dc=test"]
     assert config.database.uri == "postgresql://tiled_authn:pw@postgres:5432/tiled_authn"
     assert config.database.init_if_not_exists is False  # the init job's, never a replica's
+    assert config.trees[0].args["top_level_access_tags"] == ["public", "acquisition"]
+    assert type(config.access_policy).__name__ == "TagBasedAccessPolicy" and config.access_policy.provider == "ldap"
     secure = auth.ldap_provider({**LDAP, "TILED_LDAP_URI": "ldaps://a.example ldaps://b.example:1636"})["args"]
     assert secure["server_address"] == ["a.example:636", "b.example:1636"] and secure["use_ssl"]
     assert auth.ldap_provider({**LDAP, "TILED_LDAP_STARTTLS": ""})["args"]["use_tls"]  # StartTLS by default

@@ -84,7 +84,7 @@ async def service_uuids(names: set[str]) -> dict[str, str]:
                 .filter(orm.Identity.provider == admin.SERVICE_PROVIDER, orm.Identity.id.in_(names)))).all()
     finally:
         await engine.dispose()
-    return {name: uuid.hex for name, uuid in rows}
+    return {name: str(uuid) for name, uuid in rows}  # as Tiled names a service: with dashes
 
 
 async def tiled_tag_config(spec: dict) -> tuple[dict, list[str]]:

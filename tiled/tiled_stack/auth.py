@@ -157,7 +157,7 @@ def configure(conf: dict, env) -> dict:
             "args": {"provider": provider["provider"],
                      "access_tags_parser": "tiled.access_control.access_tags:AccessTagsParser"},
         }
-        for tree in conf.get("trees") or []:
-            tree.setdefault("args", {})["top_level_access_tags"] = ROOT_TAGS
+        # Without tags on the root, Tiled hands users an empty stand-in for it (a POST there is a 500).
+        conf["catalog"]["top_level_access_tags"] = ROOT_TAGS
     conf["authentication"] = authentication
     return conf

@@ -60,7 +60,7 @@ async def make_admins(uri: str) -> None:
     provider = auth.PROVIDER[auth.mode(os.environ)]
     engine = create_async_engine(ensure_specified_sql_driver(uri))
     try:
-        async with AsyncSession(engine) as db:
+        async with AsyncSession(engine, expire_on_commit=False) as db:
             for name in auth.words(os.environ.get("TILED_ADMINS")):
                 await make_admin_by_identity(db, provider, name)
                 print(f"✓ {provider}:{name} has the admin role", flush=True)
