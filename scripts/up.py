@@ -59,10 +59,15 @@ def main() -> None:
     timings.record(f"up/{stack.project}", time.monotonic() - images_ready, replicas=stack.replicas,
                    was_running=running > 0, images_seconds=round(images_ready - started, 1))
     ok(f"Tiled is up at {stack.url}  ({stack.replicas} replicas behind HAProxy)")
-    note(f"API key:   TILED_SINGLE_USER_API_KEY in {stack.env_path}  "
-         f"(grep TILED_SINGLE_USER_API_KEY {stack.env_path})")
     cacert = f"--cacert {ca} " if ca else ""
-    note(f"try:       curl {cacert}-H \"Authorization: Apikey $KEY\" {stack.url}/api/v1/metadata/")
+    if stack.auth == "single-user":
+        note(f"API key:   TILED_SINGLE_USER_API_KEY in {stack.env_path}  "
+             f"(grep TILED_SINGLE_USER_API_KEY {stack.env_path})")
+        note(f"try:       curl {cacert}-H \"Authorization: Apikey $KEY\" {stack.url}/api/v1/metadata/")
+    else:
+        note(f"users:     TILED_AUTH={stack.auth}: from_uri('{stack.url}') asks who you are; or "
+             f"`tiled profile create --name facility {stack.url}` and `tiled login` (README \"Users and access\")")
+        note("keys:      make service-account NAME=… (a beamline's RunEngine) | make key FOR=… | make keys")
     tls.trust_hint(ca, stack.url)
     note(f"HAProxy:   {stack.stats_url}/stats   metrics: {stack.stats_url}/metrics")
     note("next:      make status | make logs | make scale N=… | make down")
