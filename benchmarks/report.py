@@ -100,6 +100,15 @@ def markdown(results: dict) -> str:
     for config, s in results["streaming"].items():
         lines.append(f"| {config} | {s['subscribers']} | {s['rate_hz']:.0f} | {s['delivered']}/{s['expected']} | "
                      f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} |")
+    if results.get("auth"):
+        a = results["auth"]
+        base = a["reads"]["single-user key"]["p50_ms"]
+        lines += ["", "## Authentication (benchmarks/auth.py: a side replica with TILED_AUTH=ldap, one client)", "",
+                  f"- Login (LDAP bind, session, tokens): p50 {a['login']['p50_ms']} ms, p95 {a['login']['p95_ms']} ms "
+                  f"({a['login']['n']} in a row); refresh: p50 {a['refresh']['p50_ms']} ms, p95 {a['refresh']['p95_ms']} ms.",
+                  "", "| GET /api/v1/metadata/ with | p50 ms | added p50 ms | req/s |", "|---|---|---|---|"]
+        lines += [f"| {label} | {p['p50_ms']:.1f} | {p['p50_ms'] - base:+.1f} | {p['throughput']:.1f} |"
+                  for label, p in a["reads"].items()]
     res = results["resources"]
     lines += ["", "## Resources", ""]
     if "idle" in res:
@@ -202,6 +211,12 @@ def summary(results: dict) -> str:
     lines.append(f"Peak throughput against {BASELINE}:")
     for config, by in results["ratios"].items():
         lines.append(f"  {config:17} " + "  ".join(f"{w} {r:.2f}×" for w, r in by.items()))
+    if results.get("auth"):
+        a = results["auth"]
+        base = a["reads"]["single-user key"]["p50_ms"]
+        lines.append(f"Authentication: login p50 {a['login']['p50_ms']} ms, refresh p50 {a['refresh']['p50_ms']} ms; "
+                     "a read adds " + ", ".join(f"{p['p50_ms'] - base:+.1f} ms ({label})"
+                                                for label, p in a["reads"].items() if label != "single-user key"))
     return "\n".join(lines)
 
 

@@ -6,6 +6,8 @@ Configurations, in one run on the same machine:
   direct-1-unpatched  the same on tiled-stack/tiled:<version>-unpatched, Tiled as
                     released (no patch of tiled/patches; metadata and search only)
   haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
+  auth              login and refresh latency, and a read with a user's token or key
+                    against the same read with the single-user key (benchmarks/auth.py)
 
 Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
 profile that checks the harness works (its duration: README); its figures mean little.
@@ -19,7 +21,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import load, report, resources, workloads
+from benchmarks import auth, load, report, resources, workloads
 from scripts import build_images, ensure_venv, scale
 from scripts.lib import haproxy_stats, side_replica, timings
 from scripts.lib.compose import ROOT, Stack
@@ -37,13 +39,14 @@ class Profile:
     replicas: list[int]
     unpatched: bool
     bluesky: tuple[int, int]  # writers, events each
+    logins: int  # sequential logins and refreshes timed
     streaming: tuple[int, float, float]  # subscribers, updates/s, seconds
 
 
 DEFAULT = Profile("default", nodes=10_000, levels=[1, 4, 16], repeats=3, seconds=1.5, replicas=[1, 2, 3],
-                  unpatched=True, bluesky=(4, 25), streaming=(20, 10.0, 5.0))
+                  unpatched=True, bluesky=(4, 25), logins=30, streaming=(20, 10.0, 5.0))
 QUICK = Profile("quick", nodes=300, levels=[4], repeats=1, seconds=1.0, replicas=[1, 2],
-                unpatched=True, bluesky=(2, 5), streaming=(4, 10.0, 1.0))
+                unpatched=True, bluesky=(2, 5), logins=5, streaming=(4, 10.0, 1.0))
 HTTP = ["metadata", "search", "array", "table", "append"]
 UNPATCHED_HTTP = ["metadata", "search"]
 
@@ -106,7 +109,7 @@ def main() -> None:
                  "haproxy_maxconn_per_replica": haproxy_maxconn(stack),
                  "patches": [p.name for p in ensure_venv.series()]},
         "timings": {k: v for k, v in timings.read().items() if k in ("images", f"up/{stack.project}")},
-        "http": {}, "bluesky": {}, "streaming": {}, "resources": {},
+        "http": {}, "bluesky": {}, "streaming": {}, "resources": {}, "auth": {},
     }
     try:
         for n in profile.replicas:
@@ -132,6 +135,8 @@ def main() -> None:
                                                                          UNPATCHED_HTTP, profile, "direct-1-unpatched")
                     finally:
                         side_replica.remove(stack.project, "bench_unpatched")
+                results["auth"] = auth.measure(stack.project, urls[0], api_key, profile.seconds, profile.repeats,
+                                               profile.logins)
             label = f"haproxy-{n}"
             step(f"{label}: {n} replica(s) behind HAProxy")
             append_key = f"append_{label}_{stamp}"
