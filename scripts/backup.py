@@ -88,7 +88,7 @@ def write_config(stack: Stack, target: Path) -> None:
     for source in [ROOT / "compose.yaml", ROOT / "compose.override.yaml", ROOT / "tiled" / "config.yml"]:
         if source.exists():
             shutil.copy2(source, target / source.name)
-    secrets = set(env_file.secret_keys())
+    secrets = set(env_file.all_secrets())
     lines = [line if line.split("=", 1)[0] not in secrets else f"{line.split('=', 1)[0]}=  # secret, not backed up"
              for line in stack.env_path.read_text().splitlines()]
     (target / "env.without-secrets").write_text("\n".join(lines) + "\n")

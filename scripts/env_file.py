@@ -37,7 +37,18 @@ def parse(text: str) -> dict[str, str]:
 
 
 def secret_keys() -> list[str]:
+    """The secrets `make up` generates: .env.example's uncommented keys with empty values."""
     return [key for key, value in parse(EXAMPLE.read_text()).items() if value == ""]
+
+
+# Secrets an operator (or `make rotate-secret-key`) writes into .env: never generated,
+# never backed up either.
+GIVEN_SECRETS = ("TILED_OIDC_CLIENT_SECRET", "TILED_LDAP_SEARCH_PASSWORD", "TILED_PREVIOUS_SECRET_KEY",
+                 "TILED_NEXT_SECRET_KEY")
+
+
+def all_secrets() -> list[str]:
+    return [*secret_keys(), *GIVEN_SECRETS]
 
 
 def write_private(path: Path, text: str) -> None:

@@ -77,6 +77,7 @@ def test_a_rotation_signs_with_the_new_key_and_still_verifies_the_old():
     ({**LDAP, "TILED_LDAP_URI": ""}, "TILED_LDAP_URI is not set"),
     ({**LDAP, "TILED_LDAP_URI": "http://ldap"}, "ldap:// or ldaps://"),
     ({**LDAP, "TILED_LDAP_BIND_DN_TEMPLATE": "uid=x,dc=y"}, "must contain {username}"),
+    ({**LDAP, "TILED_LDAP_STARTTLS": "enabled"}, "neither on nor off"),  # never TLS off by a typo
     ({**LDAP, "TILED_LDAP_BIND_DN_TEMPLATE": ""}, "TILED_LDAP_USER_SEARCH_BASE"),
     ({**LDAP, "TILED_ADMINS": "Carol Smith"}, "TILED_ADMINS"),
     ({**OIDC, "TILED_OIDC_CLIENT_SECRET": ""}, "TILED_OIDC_CLIENT_SECRET is not set"),
@@ -88,3 +89,19 @@ def test_make_up_refuses_incomplete_settings_naming_what_to_set(tmp_path, monkey
     with pytest.raises(Failure, match="authentication settings") as refused:
         env_file.ensure()
     assert expected in refused.value.what and ".env.example" in refused.value.next_step
+
+
+def test_a_backup_blanks_every_secret_given_or_generated(tmp_path, monkeypatch):
+    from scripts import backup
+    from scripts.lib.compose import Stack
+
+    path = tmp_path / ".env"
+    monkeypatch.setenv("STACK_ENV_FILE", str(path))
+    given = {key: f"given-{key.lower()}" for key in env_file.GIVEN_SECRETS}
+    path.write_text("".join(f"{k}={v}\n" for k, v in {**OIDC, **given}.items()))
+    values = env_file.ensure()
+    backup.write_config(Stack(values), tmp_path / "config")
+    kept = (tmp_path / "config" / "env.without-secrets").read_text()
+    for key in env_file.all_secrets():
+        assert values[key] not in kept, key
+    assert "TILED_OIDC_WELL_KNOWN_URI=http://oidc:9400" in kept  # the rest is kept
