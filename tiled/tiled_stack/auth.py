@@ -42,10 +42,11 @@ def group_dns(value: str | None) -> list[str]:
     return [g.strip() for g in (value or "").split(";") if g.strip()]
 
 
+SWITCH = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
+
+
 def on(value: str | None, default: bool) -> bool:
-    if not value:
-        return default
-    return value.strip().lower() in ("on", "yes", "true", "1")
+    return SWITCH[value.strip().lower()] if value and value.strip() else default
 
 
 def problems(env) -> list[str]:
@@ -62,6 +63,9 @@ def problems(env) -> list[str]:
         if uris and (not schemes <= {"ldap", "ldaps"} or len(schemes) > 1):
             found.append(f"TILED_LDAP_URI={env.get('TILED_LDAP_URI')!r}: give ldap:// or ldaps:// URIs, "
                          "all with the same scheme")
+        starttls = (env.get("TILED_LDAP_STARTTLS") or "on").strip().lower()
+        if starttls not in SWITCH:
+            found.append(f"TILED_LDAP_STARTTLS={env.get('TILED_LDAP_STARTTLS')!r} is neither on nor off")
         template = env.get("TILED_LDAP_BIND_DN_TEMPLATE") or ""
         if template and "{username}" not in template:
             found.append("TILED_LDAP_BIND_DN_TEMPLATE must contain {username}, e.g. "
