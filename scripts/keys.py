@@ -6,9 +6,11 @@ database, so no admin login is needed.
 
   make service-account NAME=bl01-acquisition   a service principal for a beamline's
                                                RunEngine, and its key (printed once)
-  make key FOR=alice [SCOPES="read:metadata read:data"] [EXPIRES=30d] [NOTE=…]
+  make key FOR=alice [SCOPES="…"] [EXPIRES=…] [NOTE=…]
                                                a key for a user (who need not have logged
-                                               in yet); SERVICE=1 for a service account
+                                               in yet): read-only and 30 days unless
+                                               SCOPES/EXPIRES say otherwise; SERVICE=1 for
+                                               a service account
   make keys [FOR=alice]                       every key: owner, scopes, expiry, last use
   make revoke-key KEY=<first eight characters> refused on every replica at once
   make access                                  apply tiled/access/tags.yml (and the
@@ -16,6 +18,7 @@ database, so no admin login is needed.
 """
 
 import json
+import os
 import re
 import sys
 
@@ -24,6 +27,8 @@ from scripts.lib.docker_api import running
 from scripts.lib.say import Failure, note, ok, run_main, step
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
+USER_KEY_SCOPES = "read:metadata read:data"
+USER_KEY_EXPIRES = "30d"
 
 
 def seconds(text: str) -> int:
@@ -79,9 +84,11 @@ def main(argv: list[str], values: dict) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
             raise Failure("a service account needs a NAME of letters, digits and _.-",
                           "e.g. `make service-account NAME=bl01-acquisition`")
-        step(f"creating service account {name} (role acquisition) if new, and a key for it")
+        step(f"creating service account {name} (role acquisition) if new, and a new key for it")
         made = admin(stack, "service-account", name, *key_options(values))
         show_new_key(made, f"service account {name}")
+        if not made["new_principal"]:
+            note(f"{name} existed: its earlier keys stay valid (`make keys FOR={name}`, `make revoke-key KEY=…`)")
         compile_access_tags(stack)  # the tags that name it now grant it
         note(f"on the beamline's acquisition machine: from_uri('{stack.url}', api_key=<key>), then "
              "RE.subscribe(TiledWriter(client))")
@@ -89,10 +96,15 @@ def main(argv: list[str], values: dict) -> None:
         user = values.get("FOR") or ""
         if not user:
             raise Failure("make key needs FOR=<login name>", "e.g. `make key FOR=alice SCOPES=read:metadata,read:data EXPIRES=30d`")
-        step(f"minting an API key for {user}")
+        # A key reads, for a month, unless asked otherwise: the cheapest key to lose.
+        values = {"SCOPES": USER_KEY_SCOPES, "EXPIRES": USER_KEY_EXPIRES, **{k: v for k, v in values.items() if v}}
+        step(f"minting an API key for {user} (scopes {values['SCOPES']}, expires in {values['EXPIRES']})")
         extra = ["--service"] if values.get("SERVICE") else []
         note_args = ["--note", values["NOTE"]] if values.get("NOTE") else []
-        show_new_key(admin(stack, "key", user, *extra, *note_args, *key_options(values)), user)
+        made = admin(stack, "key", user, *extra, *note_args, *key_options(values))
+        if made.get("new_principal"):
+            note(f"{user} has never logged in: their principal was made now (check the spelling)")
+        show_new_key(made, user)
     elif command == "keys":
         keys = admin(stack, "keys", *(["--user", values["FOR"]] if values.get("FOR") else []))
         for k in keys:
@@ -114,6 +126,4 @@ def main(argv: list[str], values: dict) -> None:
 
 
 if __name__ == "__main__":
-    import os
-
-    run_main(lambda: main(sys.argv[1:], os.environ))
+    run_main(lambda: main(sys.argv[1:], dict(os.environ)))

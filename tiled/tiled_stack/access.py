@@ -32,30 +32,38 @@ WRITER = ["read:metadata", "read:data", "write:metadata", "write:data", "create:
 def ldap_group_members(env, group: str) -> list[str]:
     """Login names of the members of cn=<group>,<TILED_LDAP_GROUP_BASE> (groupOfNames,
     groupOfUniqueNames or posixGroup); KeyError if there is no such group."""
+    import ssl
+
     import ldap3
-    from ldap3.utils.conv import escape_filter_chars
-    from ldap3.utils.dn import parse_dn
+    from ldap3.utils.dn import escape_rdn, parse_dn
 
     provider = auth.ldap_provider(env)["args"]
-    host, port = provider["server_address"][0].rsplit(":", 1)
-    server = ldap3.Server(host, port=int(port), use_ssl=provider["use_ssl"], connect_timeout=5)
-    connection = ldap3.Connection(server, user=env.get("TILED_LDAP_SEARCH_USER") or None,
+    # Unlike Tiled's own LDAP login (ldap3's default: no check), the certificate is verified.
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED)
+    pool = ldap3.ServerPool([ldap3.Server(address.rsplit(":", 1)[0], port=int(address.rsplit(":", 1)[1]),
+                                          use_ssl=provider["use_ssl"], tls=tls, connect_timeout=5)
+                             for address in provider["server_address"]], ldap3.FIRST, active=1)
+    connection = ldap3.Connection(pool, user=env.get("TILED_LDAP_SEARCH_USER") or None,
                                   password=env.get("TILED_LDAP_SEARCH_PASSWORD") or None, receive_timeout=30,
                                   auto_bind=ldap3.AUTO_BIND_TLS_BEFORE_BIND if provider["use_tls"]
                                   else ldap3.AUTO_BIND_NO_TLS)
-    attribute = env.get("TILED_LDAP_USER_ATTRIBUTE") or "uid"
-    found = connection.search(f"cn={escape_filter_chars(group)},{env['TILED_LDAP_GROUP_BASE']}", "(objectClass=*)",
-                              search_scope=ldap3.BASE, attributes=["member", "uniqueMember", "memberUid"])
-    if not found:
-        raise KeyError(group)
-    entry = connection.entries[0].entry_attributes_as_dict
-    names = list(entry.get("memberUid", []))
-    for dn in entry.get("member", []) + entry.get("uniqueMember", []):
-        name, value, _ = parse_dn(dn)[0]
-        if name.lower() == attribute.lower():
-            names.append(value)
-    connection.unbind()
-    return names
+    try:
+        attribute = env.get("TILED_LDAP_USER_ATTRIBUTE") or "uid"
+        found = connection.search(f"cn={escape_rdn(group)},{env['TILED_LDAP_GROUP_BASE']}", "(objectClass=*)",
+                                  search_scope=ldap3.BASE, attributes=["member", "uniqueMember", "memberUid"])
+        if not found:
+            raise KeyError(group)
+        entry = connection.entries[0].entry_attributes_as_dict
+        names = list(entry.get("memberUid", []))
+        for dn in entry.get("member", []) + entry.get("uniqueMember", []):
+            name, value, _ = parse_dn(dn)[0]
+            if name.lower() == attribute.lower():
+                names.append(value)
+            else:  # a member named by another attribute than users log in with: cannot be matched
+                print(f"  group {group}: member {dn} is not named by {attribute}=, skipped", file=sys.stderr)
+        return names
+    finally:
+        connection.unbind()
 
 
 def group_parser(env, members: dict):
@@ -103,6 +111,8 @@ async def tiled_tag_config(spec: dict) -> tuple[dict, list[str]]:
             tag["users"] = users
         owners.setdefault(name, {"users": [], "groups": []})["users"] += [{"name": uuids[e["name"]]} for e in accounts]
         writers += [uuids[e["name"]] for e in accounts]
+    if auth.ROOT_WRITERS in tags:
+        raise ValueError(f"the tag {auth.ROOT_WRITERS!r} is the root's own (every service account): rename yours")
     tags[auth.ROOT_WRITERS] = {"users": [{"name": uuid, "scopes": WRITER} for uuid in dict.fromkeys(writers)]}
     return {"roles": spec.get("roles") or {}, "tags": tags, "tag_owners": owners}, sorted(named - set(uuids))
 
@@ -139,8 +149,9 @@ def main() -> None:
         return
     try:
         print(asyncio.run(compile_tags(os.environ)), flush=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        print(f"compiling {TAGS_FILE} failed: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - one line for the operator, not a traceback
+        print(f"compiling {TAGS_FILE} failed ({type(err).__name__}: {err}); the tags compiled before stay in force",
+              file=sys.stderr)
         sys.exit(1)
 
 

@@ -107,16 +107,20 @@ async def run(args) -> dict | list:
     try:
         async with AsyncSession(db_engine, expire_on_commit=False) as db:
             if args.command == "service-account":
+                new = await principal_of(db, SERVICE_PROVIDER, args.name, create=False) is None
                 principal = await principal_of(db, SERVICE_PROVIDER, args.name, create=True)
-                return await mint(db, principal, args.scopes, args.expires_in, f"service account {args.name}")
+                made = await mint(db, principal, args.scopes, args.expires_in, f"service account {args.name}")
+                return {**made, "new_principal": new}
             if args.command == "key":
                 provider = SERVICE_PROVIDER if args.service else auth.PROVIDER.get(auth.mode(os.environ))
                 if provider is None:
                     raise Refused("TILED_AUTH=single-user has no users: set TILED_AUTH=ldap or oidc")
+                new = await principal_of(db, provider, args.user, create=False) is None
                 principal = await principal_of(db, provider, args.user, create=not args.service)
                 if principal is None:
                     raise Refused(f"no service account {args.user!r}: `make service-account NAME={args.user}`")
-                return await mint(db, principal, args.scopes, args.expires_in, args.note or f"for {args.user}")
+                made = await mint(db, principal, args.scopes, args.expires_in, args.note or f"for {args.user}")
+                return {**made, "new_principal": new}
             if args.command == "keys":
                 query = select(orm.APIKey).options(
                     selectinload(orm.APIKey.principal).selectinload(orm.Principal.identities))
@@ -124,10 +128,13 @@ async def run(args) -> dict | list:
                 return [describe(k) for k in keys
                         if not args.user or any(i.id == args.user for i in k.principal.identities)]
             if args.command == "revoke":
-                key = (await db.execute(select(orm.APIKey).filter(orm.APIKey.first_eight == args.first_eight))).scalar()
-                if key is None:
-                    raise Refused(f"no API key starts with {args.first_eight!r} (`make keys` lists them)")
-                await db.delete(key)
+                keys = (await db.execute(select(orm.APIKey).filter(orm.APIKey.first_eight == args.first_eight))).scalars().all()
+                if not keys:
+                    raise Refused(f"no API key begins with {args.first_eight!r} (`make keys` lists them)")
+                if len(keys) > 1:
+                    raise Refused(f"{len(keys)} API keys begin with {args.first_eight!r}: none revoked; revoke "
+                                  "through Tiled's API with the whole key (DELETE /api/v1/auth/apikey as its owner)")
+                await db.delete(keys[0])
                 await db.commit()
                 return {"revoked": args.first_eight}
     finally:
