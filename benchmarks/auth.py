@@ -3,7 +3,9 @@
 Beside the running stack (whatever its TILED_AUTH), on its backend network:
   - the test directory (tiled-stack/ldap, the idp profile's image), and
   - a side replica with TILED_AUTH=ldap against it, on the stack's own databases
-    (tiled_authn included; the init job makes it in every mode).
+    (tiled_authn included; the init job makes it in every mode), signing with a key of
+    its own: its tokens are worth nothing on the stack. Its sessions and its key are
+    revoked at the end.
 Measured, one client at a time, each replica reached at its own address:
   - login: POST /api/v1/auth/provider/ldap/token (an LDAP bind, a session row, two
     signed tokens); refresh: POST /api/v1/auth/session/refresh;
@@ -14,6 +16,7 @@ Measured, one client at a time, each replica reached at its own address:
 """
 
 import asyncio
+import secrets
 import statistics
 import time
 
@@ -55,12 +58,16 @@ def timed(call, n: int) -> dict:
             "p95_ms": round(latencies[int(0.95 * (n - 1))], 1), "max_ms": round(latencies[-1], 1)}
 
 
+SESSIONS: list[str] = []  # refresh tokens of this run's sessions, revoked at the end
+
+
 def login(url: str) -> dict:
     answer = httpx.post(f"{url}/api/v1/auth/provider/ldap/token", timeout=30,
                         data={"username": USER[0], "password": USER[1]})
     if answer.status_code != 200:
         raise Failure(f"login at the benchmark's side replica: {answer.status_code} {answer.text[:200]}",
                       "read the side replica's log (docker logs <project>_side_bench_auth)")
+    SESSIONS.append(answer.json()["refresh_token"])
     return answer.json()
 
 
@@ -84,7 +91,8 @@ def measure(project: str, stack_url: str, single_user_key: str, seconds: float, 
         _, url = side_replica.start(
             project, "bench_auth", TILED_AUTH="ldap", TILED_LDAP_URI=f"ldap://{directory}:389",
             TILED_LDAP_STARTTLS="off", TILED_LDAP_BIND_DN_TEMPLATE=f"uid={{username}},{PEOPLE}",
-            TILED_LDAP_ALLOWED_GROUPS="", TILED_LDAP_GROUP_BASE="", TILED_ADMINS="")
+            TILED_LDAP_ALLOWED_GROUPS="", TILED_LDAP_GROUP_BASE="", TILED_ADMINS="",
+            TILED_SECRET_KEY=secrets.token_hex(32), TILED_PREVIOUS_SECRET_KEY="", TILED_NEXT_SECRET_KEY="")
         deadline = time.monotonic() + 60
         while True:  # slapd may still be loading its seed
             try:
@@ -94,8 +102,8 @@ def measure(project: str, stack_url: str, single_user_key: str, seconds: float, 
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
-        key = httpx.post(f"{url}/api/v1/auth/apikey", timeout=30,
-                         headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        own = {"Authorization": f"Bearer {tokens['access_token']}"}
+        key = httpx.post(f"{url}/api/v1/auth/apikey", timeout=30, headers=own,
                          json={"scopes": ["read:metadata"], "expires_in": 3600, "note": "make bench"}).json()["secret"]
         refresh = {"token": tokens["refresh_token"]}
 
@@ -117,6 +125,10 @@ def measure(project: str, stack_url: str, single_user_key: str, seconds: float, 
                  f"{point['throughput']:.1f}/s")
         note(f"auth      login p50 {out['login']['p50_ms']} ms (p95 {out['login']['p95_ms']}), "
              f"refresh p50 {out['refresh']['p50_ms']} ms")
+        httpx.delete(f"{url}/api/v1/auth/apikey", params={"first_eight": key[:8]}, headers=own, timeout=30)
+        for token in [*SESSIONS, refresh["token"]]:
+            httpx.post(f"{url}/api/v1/auth/session/revoke", json={"refresh_token": token}, timeout=30)
+        SESSIONS.clear()
         return out
     finally:
         side_replica.remove(project, "bench_auth")
