@@ -9,7 +9,7 @@ RUN    := $(VENV) -m
 .PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single test test-fast lock service-account key keys revoke-key access rotate-secret-key retire-secret-key
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  Variables: N=<replicas> (scale), SERVICE=<name> (logs), FORCE=1 (clean), FROM= FROM_KEY= (migrate), QUICK=1 OUT= (bench), BACKUP= BACKUP_DIR= (restore/backup)"
 
 venv: ## Create/refresh .venv from requirements/host.txt (the other targets do this)
