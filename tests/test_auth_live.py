@@ -141,6 +141,10 @@ def test_a_directory_user_logs_in_over_https_and_reads(facility):
         assert c.get("/api/v1/metadata/").status_code == 200
         whoami = c.get("/api/v1/auth/whoami").json()
     assert [(i["provider"], i["id"]) for i in whoami["identities"]] == [("ldap", "alice")]
+    # TILED_ADMINS=erin: she lists the principals, alice may not (her role lacks the scope).
+    with client(facility) as c:
+        assert c.get("/api/v1/auth/principal", headers=bearer(tokens(facility, "erin")["access_token"])).status_code == 200
+        assert c.get("/api/v1/auth/principal", headers=bearer(alice["access_token"])).status_code == 403
 
 
 def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(facility):
