@@ -2,8 +2,9 @@
 
 The postgres image (with this checkout's entry point) is run on a fresh volume and its
 first start is made to fail for real after it began making the cluster; the next start
-on the same volume must then create both roles and databases, each role reaching its
-own database only. No stack, no Compose: one container at a time, as Docker runs it.
+on the same volume must then create every role and database, each role reaching its
+own database only. A cluster from before tiled_authn gets it on its next start. No
+stack, no Compose: one container at a time, as Docker runs it.
 """
 
 import secrets
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.live
 
 ROOT = Path(__file__).resolve().parent.parent
 PGDATA = "/var/lib/postgresql/data"
-ROLES = ("tiled_catalog", "tiled_storage")
+ROLES = ("tiled_catalog", "tiled_storage", "tiled_authn")
 STARTED = "initialising a new PostgreSQL cluster"
-FINISHED = "databases tiled_catalog and tiled_storage created"
+FINISHED = "databases tiled_catalog, tiled_storage, tiled_authn created"
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,11 @@ def environment() -> dict:
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         "CATALOG_DB_PASSWORD": secrets.token_hex(16),
         "STORAGE_DB_PASSWORD": secrets.token_hex(16),
+        "AUTHN_DB_PASSWORD": secrets.token_hex(16),
         "TILED_MAX_REPLICAS": "2",
         "TILED_CATALOG_POOL_SIZE": "2", "TILED_CATALOG_MAX_OVERFLOW": "2",
         "TILED_STORAGE_POOL_SIZE": "2", "TILED_STORAGE_MAX_OVERFLOW": "2",
+        "TILED_AUTHN_POOL_SIZE": "2", "TILED_AUTHN_MAX_OVERFLOW": "2",
     }
 
 
@@ -104,21 +107,34 @@ def test_a_first_start_cut_short_is_made_again_in_full_on_the_next(postgres_imag
 
         second = run()
         wait_for_ready(second)
-        second.reload()
-        address = second.attrs["NetworkSettings"]["IPAddress"]
-        for role in ROLES:
-            password = env[f"{role.removeprefix('tiled_').upper()}_DB_PASSWORD"]
-            with psycopg.connect(host=address, user=role, password=password, dbname=role,
-                                 connect_timeout=10) as conn:
-                assert conn.execute("select current_user, current_database()").fetchone() == (role, role)
-            (other,) = set(ROLES) - {role}
-            with pytest.raises(psycopg.OperationalError, match=f'permission denied for database "{other}"'):
-                psycopg.connect(host=address, user=role, password=password, dbname=other, connect_timeout=10)
+        each_role_reaches_its_own_database_only(second, env)
+
+        # A cluster made before tiled_authn existed (no database, no role, no mark): the
+        # next start adds them, once.
+        for sql in ("DROP DATABASE tiled_authn", "DROP ROLE tiled_authn"):
+            assert second.exec_run(["psql", "-U", "postgres", "-c", sql], user="postgres").exit_code == 0
+        assert second.exec_run(["rm", f"{PGDATA}/.tiled-authn"], user="postgres").exit_code == 0
+        second.restart(timeout=30)
+        wait_for_ready(second)
+        assert "predates database tiled_authn" in logs(second)
+        each_role_reaches_its_own_database_only(second, env)
     finally:
         for container in containers:
             print(f"===== {container.name} =====\n{logs(container)}")
             container.remove(force=True)
         volume.remove(force=True)
+
+
+def each_role_reaches_its_own_database_only(container, env: dict) -> None:
+    container.reload()
+    address = container.attrs["NetworkSettings"]["IPAddress"]
+    for role in ROLES:
+        password = env[f"{role.removeprefix('tiled_').upper()}_DB_PASSWORD"]
+        with psycopg.connect(host=address, user=role, password=password, dbname=role, connect_timeout=10) as conn:
+            assert conn.execute("select current_user, current_database()").fetchone() == (role, role)
+        for other in set(ROLES) - {role}:
+            with pytest.raises(psycopg.OperationalError, match=f'permission denied for database "{other}"'):
+                psycopg.connect(host=address, user=role, password=password, dbname=other, connect_timeout=10)
 
 
 def wait_for_ready(container, timeout: float = 120) -> None:
