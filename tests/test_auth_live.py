@@ -147,6 +147,17 @@ def test_a_directory_user_logs_in_over_https_and_reads(facility):
         assert c.get("/api/v1/auth/principal", headers=bearer(alice["access_token"])).status_code == 403
 
 
+def test_tiled_client_logs_in_at_its_prompts(facility, monkeypatch):
+    """What a user at a terminal does: from_uri() asks for a name and a password."""
+    import tiled.client.context as context
+
+    monkeypatch.setattr(context, "username_input", lambda: "alice")
+    monkeypatch.setattr(context, "password_input", lambda: "alice-password")
+    alice = from_uri(facility.local_url, verify=tls(facility), remember_me=False)
+    assert alice.context.whoami()["identities"][0]["id"] == "alice"
+    assert list(alice) is not None  # and reads
+
+
 def test_a_wrong_password_and_an_unknown_user_get_the_same_answer(facility):
     wrong, unknown = login(facility, "alice", "not-her-password"), login(facility, "mallory", "whatever")
     assert wrong.status_code == unknown.status_code == 401

@@ -128,7 +128,8 @@ async def run(args) -> dict | list:
                 return [describe(k) for k in keys
                         if not args.user or any(i.id == args.user for i in k.principal.identities)]
             if args.command == "revoke":
-                keys = (await db.execute(select(orm.APIKey).filter(orm.APIKey.first_eight == args.first_eight))).scalars().all()
+                keys = (await db.execute(select(orm.APIKey).filter(orm.APIKey.first_eight == args.first_eight))
+                        ).scalars().unique().all()  # APIKey eager-loads its principal's collections
                 if not keys:
                     raise Refused(f"no API key begins with {args.first_eight!r} (`make keys` lists them)")
                 if len(keys) > 1:
