@@ -21,12 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from tiled_stack import auth
+from tiled_stack import admin, auth
 
 TAGS_FILE = Path("/etc/tiled/access/tags.yml")
 SCOPES = ["read:metadata", "read:data", "write:metadata", "write:data", "create:node", "register",
           "delete:node", "delete:revision"]
-WRITER = ["read:metadata", "read:data", "write:metadata", "write:data", "create:node", "register"]
 
 
 def ldap_group_members(env, group: str) -> list[str]:
@@ -82,8 +81,6 @@ async def service_uuids(names: set[str]) -> dict[str, str]:
     from sqlalchemy.ext.asyncio import AsyncSession
     from tiled.authn_database import orm
 
-    from tiled_stack import admin
-
     engine = admin.engine()
     try:
         async with AsyncSession(engine) as db:
@@ -113,7 +110,8 @@ async def tiled_tag_config(spec: dict) -> tuple[dict, list[str]]:
         writers += [uuids[e["name"]] for e in accounts]
     if auth.ROOT_WRITERS in tags:
         raise ValueError(f"the tag {auth.ROOT_WRITERS!r} is the root's own (every service account): rename yours")
-    tags[auth.ROOT_WRITERS] = {"users": [{"name": uuid, "scopes": WRITER} for uuid in dict.fromkeys(writers)]}
+    tags[auth.ROOT_WRITERS] = {"users": [{"name": uuid, "scopes": admin.ACQUISITION_ROLE[2]}
+                                         for uuid in dict.fromkeys(writers)]}
     return {"roles": spec.get("roles") or {}, "tags": tags, "tag_owners": owners}, sorted(named - set(uuids))
 
 
@@ -125,11 +123,12 @@ async def compile_tags(env, path: Path = TAGS_FILE) -> str:
 
     spec = yaml.safe_load(path.read_text()) or {}
     config, missing = await tiled_tag_config(spec)
-    catalog = DatabaseSettings(uri=ensure_specified_sql_driver(
-        f"postgresql://tiled_catalog:{env['CATALOG_DB_PASSWORD']}@postgres:5432/tiled_catalog"))
+    from tiled_stack.init_catalog import catalog_uri
+
+    catalog = DatabaseSettings(uri=ensure_specified_sql_driver(catalog_uri()))
     authn = DatabaseSettings(uri=ensure_specified_sql_driver(auth.authn_database(env)["uri"]))
     compiler = AccessTagsCompiler(SCOPES, config, catalog, group_parser(env, spec.get("members") or {}),
-                                  authn_database_settings=authn, provider=auth.PROVIDER[auth.mode(env)])
+                                  authn_database_settings=authn, provider=auth.mode(env))
     try:
         compiler.load_tag_config()
         await compiler.load_principal_tags()

@@ -112,8 +112,8 @@ async def run(args) -> dict | list:
                 made = await mint(db, principal, args.scopes, args.expires_in, f"service account {args.name}")
                 return {**made, "new_principal": new}
             if args.command == "key":
-                provider = SERVICE_PROVIDER if args.service else auth.PROVIDER.get(auth.mode(os.environ))
-                if provider is None:
+                provider = SERVICE_PROVIDER if args.service else auth.mode(os.environ)
+                if provider == "single-user":
                     raise Refused("TILED_AUTH=single-user has no users: set TILED_AUTH=ldap or oidc")
                 new = await principal_of(db, provider, args.user, create=False) is None
                 principal = await principal_of(db, provider, args.user, create=not args.service)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 MODES = ("single-user", "ldap", "oidc")
 AUTHN_DATABASE = "postgresql://tiled_authn:{password}@postgres:5432/tiled_authn"
-# The provider name is part of the login URLs: /api/v1/auth/provider/<name>/…
-PROVIDER = {"ldap": "ldap", "oidc": "oidc"}
+# In the multi-user modes the provider is named as the mode; the name is part of the
+# login URLs (/api/v1/auth/provider/<mode>/…) and of every identity in tiled_authn.
 # A directory's login names: what Tiled's LDAPAuthenticator accepts by default.
 LDAP_USERNAME = r"^[a-z][.a-z0-9_-]*$"
 # Access tags on the root container (tiled_stack/access.py): `public` lets every logged-in
@@ -104,7 +104,7 @@ def ldap_provider(env) -> dict:
                     user_attribute=attribute, lookup_dn_user_dn_attribute=attribute,
                     lookup_dn_search_user=env.get("TILED_LDAP_SEARCH_USER") or None,
                     lookup_dn_search_password=env.get("TILED_LDAP_SEARCH_PASSWORD") or None)
-    return {"provider": PROVIDER["ldap"], "authenticator": "tiled.authenticators:LDAPAuthenticator",
+    return {"provider": "ldap", "authenticator": "tiled.authenticators:LDAPAuthenticator",
             "args": args}
 
 
@@ -116,7 +116,7 @@ def oidc_provider(env) -> dict:
         "audience": env.get("TILED_OIDC_AUDIENCE") or env["TILED_OIDC_CLIENT_ID"],
         "user_id_claim": env.get("TILED_OIDC_USER_ID_CLAIM") or "sub",
     }
-    return {"provider": PROVIDER["oidc"], "authenticator": "tiled.authenticators:OIDCAuthenticator",
+    return {"provider": "oidc", "authenticator": "tiled.authenticators:OIDCAuthenticator",
             "args": args}
 
 

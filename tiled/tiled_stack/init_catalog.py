@@ -63,7 +63,7 @@ async def make_admins(uri: str) -> None:
     from tiled.authn_database.core import make_admin_by_identity
     from tiled.utils import ensure_specified_sql_driver
 
-    provider = auth.PROVIDER[auth.mode(os.environ)]
+    provider = auth.mode(os.environ)
     engine = create_async_engine(ensure_specified_sql_driver(uri))
     try:
         async with AsyncSession(engine, expire_on_commit=False) as db:
