@@ -58,9 +58,10 @@ def lock_for_image(source: Path, service: str) -> None:
     python = build_images.DEBIAN_SUITES[build_images.suite(base)]["python"]
     target = source.with_suffix(".txt")
     step(f"resolving {source.relative_to(ROOT)} → {target.relative_to(ROOT)} for python {python[0]} ({base})")
+    keep = [] if os.environ.get("UPGRADE") or not target.exists() else ["--constraint", str(target)]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [str(ROOT / ".venv/bin/pip"), "download", "--quiet", "--disable-pip-version-check",
-               *build_images.pip_target(python), "--dest", tmp, "--requirement", str(source)]
+               *build_images.pip_target(python), "--dest", tmp, "--requirement", str(source), *keep]
         if subprocess.run(cmd).returncode:
             raise Failure(f"could not resolve {source.relative_to(ROOT)}", "fix the pins in it, then rerun")
         pins = sorted((wheel_pin(wheel) for wheel in Path(tmp).glob("*.whl")), key=str.lower)
