@@ -110,6 +110,10 @@ def markdown(results: dict) -> str:
         lines += [f"| {label} | {p['p50_ms']:.1f} | {p['p50_ms'] - base:+.1f} | {p['throughput']:.1f} |"
                   for label, p in a["reads"].items()]
     res = results["resources"]
+    if results.get("arrays"):
+        from benchmarks import arrays
+
+        lines += arrays.markdown(results["arrays"])
     lines += ["", "## Resources", ""]
     if "idle" in res:
         mem = res["idle"]["memory_mib"]
@@ -217,6 +221,11 @@ def summary(results: dict) -> str:
         lines.append(f"Authentication: login p50 {a['login']['p50_ms']} ms, refresh p50 {a['refresh']['p50_ms']} ms; "
                      "a read adds " + ", ".join(f"{p['p50_ms'] - base:+.1f} ms ({label})"
                                                 for label, p in a["reads"].items() if label != "single-user key"))
+    if results.get("arrays"):
+        from benchmarks import arrays
+
+        lines.append("Arrays (stack, HAProxy):")
+        lines += [f"  {'✓' if t['met'] else '✗'} {t['target']}: {t['measured']}" for t in arrays.targets(results["arrays"])]
     return "\n".join(lines)
 
 

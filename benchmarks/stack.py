@@ -8,6 +8,8 @@ Configurations, in one run on the same machine:
   haproxy-1/2/3     1, 2, 3 replicas behind HAProxy (scaled live, restored after)
   auth              login and refresh latency, and a read with a user's token or key
                     against the same read with the single-user key (benchmarks/auth.py)
+  arrays            detector frames written and read through HAProxy and through one
+                    upstream process, against loopback (benchmarks/arrays.py)
 
 Writes benchmarks/results/<date>.{json,md,png} (or OUT=dir). QUICK=1 is a small
 profile that checks the harness works (its duration: README); its figures mean little.
@@ -21,7 +23,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks import auth, load, report, resources, workloads
+from benchmarks import arrays, auth, load, report, resources, workloads
 from scripts import build_images, ensure_venv, scale
 from scripts.lib import haproxy_stats, side_replica, timings
 from scripts.lib.compose import ROOT, Stack
@@ -157,6 +159,8 @@ def main() -> None:
         if haproxy_stats.up_count(stack.stats_url) != original:
             step(f"restoring {original} replicas")
             scale.scale_to(stack, original)
+    # At the stack's own replica count, as its users meet it.
+    results["arrays"] = arrays.measure(stack, api_key, quick=profile is QUICK)
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     paths = report.write(results, out_dir, stamp)
     print(report.summary(results))

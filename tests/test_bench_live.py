@@ -35,6 +35,21 @@ def test_quick_benchmark_produces_complete_results(stack, tmp_path):
     for config, stream in data["streaming"].items():
         assert stream["delivered"] == stream["expected"] > 0, (config, stream)
     assert data["resources"]["idle"]["memory_mib"] and data["resources"]["under_load"]["samples"] > 0
+    # The array rows, the stack and one upstream process side by side, and the machine's limit.
+    arrays = data["arrays"]
+    from benchmarks.arrays import ORDER
+
+    for target in ("stack", "upstream"):
+        assert set(arrays[target]) == set(ORDER), (target, set(arrays[target]))
+        for row, figures in arrays[target].items():
+            assert "error" not in figures and figures["mib_s"] > 0, (target, row, figures)
+        latency = arrays[target]["camera"]["latency"]
+        assert latency["seen"] == latency["frames"] > 0, (target, latency)
+    assert set(arrays["paths"]) == {"haproxy-loopback", "haproxy-frontend", "replica"}
+    assert all(v > 0 for size in ("32", "512") for v in arrays["limit"][size].values())
+    memory = arrays["memory"]
+    assert set(memory["peak_write_mib"]) == set(memory["peak_read_mib"]) == set(memory["limit_mib"])
+    assert "## Arrays" in result.with_suffix(".md").read_text()
     assert result.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Targets" in result.with_suffix(".md").read_text()
     assert haproxy_stats.up_count(stack.stats_url) == before, "the benchmark must restore the replica count"
