@@ -165,8 +165,9 @@ def test_512_mib_round_trip_under_every_replica_memory_limit(stack, api_key, val
 
 
 def test_subscriber_is_told_where_a_large_write_is_and_sent_a_small_one(stack, api_key, arrays):
-    """Through another replica than the writer's: a 4 MiB patch arrives as a reference the
-    subscriber fetches, a 512 KiB one inline; both give the bytes written."""
+    """A subscriber on one replica (directly; the writes go through HAProxy, to any replica):
+    a 4 MiB patch arrives as a reference it fetches, a 512 KiB one inline; both give the
+    bytes written."""
     from tiled.client import from_uri
 
     node = arrays.write_array(np.zeros((1, 1024, 1024), dtype="uint16"), key="streamed")

@@ -7,14 +7,16 @@ cache, reads them back whole, by frame, by slice and by block, and observes:
   0029  the stored Zarr layout: a frame per chunk, Blosc LZ4 with bit shuffle
   0030  what a subscriber is sent: a write of more than 1 MiB as a reference (array-ref,
         the slice written), published after the data is stored; smaller ones inline
-  0031  catalog queries per request for a node 3 levels deep: one path lookup, not three
+  0031  the path of a node 3 levels deep found in one lookup, not one per level
+  0032  that lookup in one statement, an array's assets in two (the statements counted
+        with each of 0031 and 0032 left out, and as released)
 The same array bytes are checked live, through HAProxy and PostgreSQL, by
 tests/test_arrays_live.py.
 """
 
 import pytest
 
-from conftest import probe_pair
+from conftest import probe_pair, probe_tiled_stack
 
 PROBE = r"""
 import hashlib, json, tempfile
@@ -125,7 +127,12 @@ with TestClient(app) as c:
     event.listen(engine.sync_engine, "before_cursor_execute",
                  lambda conn, cursor, sql, params, context, many: statements.append(sql))
     c.get("/api/v1/metadata/run/primary/cam", headers=key)
-    out["statements"] = len(statements)
+    # A node lookup selects from nodes (joined to itself per level); selectin loads select
+    # from data_sources, structures, access tags, assets.
+    out["metadata_statements"] = [s.split("FROM", 1)[1].split()[0] for s in statements if "FROM" in s]
+    statements.clear()
+    c.get("/api/v1/array/full/run/frames?slice=0", headers=octets)
+    out["frame_statements"] = [s.split("FROM", 1)[1].split()[0] for s in statements if "FROM" in s]
     out["answers"] = {p: [r.status_code, r.json()["data"]["id"] if r.status_code == 200 else None]
                       for p in ("run", "run/primary", "run/primary/cam", "run/primary/nope", "nope/primary/cam")
                       for r in [c.get(f"/api/v1/metadata/{p}", headers=key)]}
@@ -158,6 +165,21 @@ def test_0029_frames_stored_one_per_chunk_with_bitshuffled_lz4(probes):
     assert patched["stored"]["blocks"] == {"chunks": [1, 256, 256], "codecs": ["bytes", "blosc/lz4/bitshuffle"]}
 
 
+def test_0029_stored_chunks_for_awkward_shapes():
+    """Frames per stored chunk: up to 512 KiB, a divisor of the block when the frame axis has
+    several blocks, anything when it has one; empty arrays and 2-D ones as declared."""
+    from tiled.adapters.zarr import stored_chunks
+
+    u16 = 2
+    assert stored_chunks(((1009,), (64,), (64,)), u16) == (64, 64, 64)  # one block: no divisor needed
+    assert stored_chunks(((1009, 1009), (64,), (64,)), u16) == (1, 64, 64)  # 1009 is prime
+    assert stored_chunks(((100, 100), (64,), (64,)), u16) == (50, 64, 64)
+    assert stored_chunks(((0,), (512,), (512,)), u16) == (0, 512, 512)
+    assert stored_chunks(((12,), (883,), (883,)), u16) == (1, 883, 883)
+    assert stored_chunks(((2, 2), (3,), (64,), (64,)), u16) == (1, 3, 64, 64)
+    assert stored_chunks(((4096,), (4096,)), u16) == (4096, 4096)
+
+
 def test_0030_large_writes_reach_subscribers_as_references_after_they_are_stored(probes):
     released, patched = probes
     # As released: every write copied into the streaming cache.
@@ -172,9 +194,34 @@ def test_0030_large_writes_reach_subscribers_as_references_after_they_are_stored
         assert patched["stream"][label][0][0] == "array-data" and patched["stream"][label][0][2] > 0
 
 
-def test_0031_path_found_in_one_query_with_the_same_answers(probes):
+@pytest.fixture(scope="module")
+def without(site_without):
+    """The probe on the series with 0031, then with 0032, left out (each alone)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = {"0031": "0031-path-found-in-one-query-without-access-policy.patch",
+             "0032": "0032-node-and-data-sources-in-one-statement.patch"}
+    sites = {k: site_without(name) for k, name in names.items()}
+    with ThreadPoolExecutor(2) as pool:
+        runs = {k: pool.submit(probe_tiled_stack, PROBE, site=site) for k, site in sites.items()}
+        return {k: run.result() for k, run in runs.items()}
+
+
+def test_0031_0032_a_node_in_one_statement_with_the_same_answers(probes, without):
+    """The table each statement reads FROM (in any order), for a metadata read three levels
+    deep and a frame read."""
     released, patched = probes
-    assert patched["answers"] == released["answers"]
+    assert patched["answers"] == released["answers"] == without["0031"]["answers"] == without["0032"]["answers"]
     assert patched["answers"]["run/primary/cam"] == [200, "cam"]
     assert patched["answers"]["run/primary/nope"][0] == 404
-    assert patched["statements"] < released["statements"], (patched["statements"], released["statements"])
+    # As released: per level, the node and selectin loads of its data sources and access
+    # tags, then the structures; a frame read then loads the assets in four more.
+    assert sorted(released["metadata_statements"]) == sorted(["nodes", "data_sources", "nodes"] * 3 + ["structures"])
+    # 0031 alone: one lookup for the path (with its selectin loads).
+    assert sorted(without["0032"]["metadata_statements"]) == ["data_sources", "nodes", "nodes", "structures"]
+    # 0032 alone: a lookup per level, each one statement.
+    assert without["0031"]["metadata_statements"] == ["nodes"] * 3
+    # Both: one statement; a frame read adds two for its assets.
+    assert patched["metadata_statements"] == ["nodes"]
+    assert sorted(patched["frame_statements"]) == ["data_source_asset_association", "data_sources", "nodes"]
+    assert len(released["frame_statements"]) == 11
