@@ -319,9 +319,9 @@ def camera(url: str, api_key: str, verify, profile: Profile) -> dict:
            "mib_s": round(profile.camera_frames * frame_mib / seconds, 1)}
 
     # Latency: frame 0 makes the node; a subscriber (its own client) attaches to it; then
-    # `latency_frames` more at camera_hz. Each event's time is the camera's, before TiledWriter.
+    # `latency_frames` more at camera_hz. An event's `time` is taken when the RunEngine
+    # makes it, before any callback (TiledWriter's) runs.
     emitted, seen, lock = {}, {}, threading.Lock()
-    # An event's `time` is taken when the RunEngine makes it, before any callback runs.
     engine.subscribe(lambda name, doc: emitted.__setitem__(doc["seq_num"] - 1, doc["time"])
                      if name == "event" else None)
     attached = threading.Event()
@@ -341,7 +341,11 @@ def camera(url: str, api_key: str, verify, profile: Profile) -> dict:
         @bpp.run_decorator(md={"purpose": "bench camera latency"})
         def inner():
             yield from bps.trigger_and_read([cam])
+            deadline = time.monotonic() + 40
             while not attached.is_set():
+                if time.monotonic() > deadline:
+                    raise Failure("the subscriber could not attach to the camera's node within 40 s",
+                                  "check `make logs SERVICE=tiled` for websocket errors")
                 yield from bps.sleep(0.1)
             for _ in range(profile.latency_frames):
                 t_next = time.monotonic() + 1 / profile.camera_hz
