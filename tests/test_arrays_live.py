@@ -77,9 +77,9 @@ def test_detector_dtypes_round_trip_byte_identical_through_haproxy(stack, api_ke
     array = detector_frames(dtype)
     node = arrays.write_array(array, key=f"frames_{dtype}")
     assert_reads_back(node, array, api_key, stack.verify)
-    # Stored as many frames per chunk as fit in 512 KiB and divide the upload's one chunk
-    # of 12, compressed with Blosc (as released: one chunk of 12, Zstandard).
-    frames_per_chunk = {"uint8": 12, "uint16": 6, "uint32": 4, "float32": 4}[dtype]
+    # Stored as many frames per chunk as fit in 512 KiB (the upload is one block of 12),
+    # compressed with Blosc (as released: one chunk of 12, Zstandard).
+    frames_per_chunk = {"uint8": 12, "uint16": 8, "uint32": 4, "float32": 4}[dtype]
     assert stored_layout(stack, node) == {"chunks": [frames_per_chunk, 192, 160], "codecs": ["bytes", "blosc"]}
 
 
