@@ -46,6 +46,7 @@ from benchmarks.workloads import ROOT_KEY
 from scripts.lib.compose import ROOT, Stack
 from scripts.lib.docker_api import backend_address, project_containers
 from scripts.lib.say import Failure, note, step
+from scripts.serve import free_port
 
 MiB = 2**20
 
@@ -90,9 +91,7 @@ class Upstream:
         upstream = ROOT / ".venv" / "upstream"
         if not upstream.is_dir():
             raise Failure(f"{upstream} is missing", "run `make venv`, then rerun")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = (self.work / "upstream.log").open("w")
         env = {**os.environ, "PYTHONPATH": str(upstream), "TMPDIR": str(self.work)}

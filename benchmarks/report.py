@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from benchmarks import arrays
+
 BASELINE = "direct-1"
 READS = ["metadata", "search", "array", "table"]
 
@@ -111,8 +113,6 @@ def markdown(results: dict) -> str:
                   for label, p in a["reads"].items()]
     res = results["resources"]
     if results.get("arrays"):
-        from benchmarks import arrays
-
         lines += arrays.markdown(results["arrays"])
     lines += ["", "## Resources", ""]
     if "idle" in res:
@@ -222,8 +222,6 @@ def summary(results: dict) -> str:
                      "a read adds " + ", ".join(f"{p['p50_ms'] - base:+.1f} ms ({label})"
                                                 for label, p in a["reads"].items() if label != "single-user key"))
     if results.get("arrays"):
-        from benchmarks import arrays
-
         lines.append("Arrays (stack, HAProxy):")
         lines += [f"  {'✓' if t['met'] else '✗'} {t['target']}: {t['measured']}" for t in arrays.targets(results["arrays"])]
     return "\n".join(lines)
