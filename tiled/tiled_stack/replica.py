@@ -13,12 +13,13 @@ import sys
 from tiled.config import Config
 from tiled.utils import parse
 
-from tiled_stack import auth, front_door, input_guards, readiness
+from tiled_stack import auth, front_door, input_guards, metrics, readiness
 
 # Our own layers, added to the app Tiled builds, in this order: the /readyz route, the
-# input guards and, outermost, the front door (it checks credentials before any layer
-# reads a body). Fixes to Tiled's own code are patches (tiled/patches), not here.
-LAYERS = (readiness, input_guards, front_door)
+# input guards, the front door (it checks credentials before any layer reads a body)
+# and, outermost, Prometheus's key to the metrics route. Fixes to Tiled's own code are
+# patches (tiled/patches), not here.
+LAYERS = (readiness, input_guards, front_door, metrics)
 
 SHARED_ARRAY_ROOT = "/data/arrays"
 
