@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single test test-fast lock service-account key keys revoke-key access rotate-secret-key retire-secret-key
+.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single bench-monitoring test test-fast lock service-account key keys revoke-key access rotate-secret-key retire-secret-key
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,10 +90,13 @@ bench-switches: venv ## What each CPU fix is worth: an image without each, inter
 bench-single: venv ## What the DuckDB pool fix costs `make serve` on table reads (ROUNDS=3 SECONDS=3)
 	@$(RUN) benchmarks.single
 
+bench-monitoring: venv ## What monitoring costs (TILED_MONITORING=on): CPU, memory, scrape size (SECONDS=180)
+	@$(RUN) benchmarks.monitoring
+
 test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)
 	@$(VENV) -m pytest
 
-test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (< 1 min)
+test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (≈ 2 min)
 	@$(VENV) -m pytest -m "not live and not local"
 
 lock: venv ## Pin what the .in files add (other pins kept; UPGRADE=1 re-resolves all)

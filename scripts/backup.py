@@ -13,6 +13,9 @@ Order gives referential consistency while writers keep writing: the catalog is
 dumped first, then the data it points at, so every node in catalog.dump finds its
 rows and array chunks (data written after the catalog dump is extra, never
 missing). Redis is not backed up: it holds only the last hour of streaming updates.
+
+On success it records the time for Prometheus (tiled_stack_last_backup_timestamp_seconds,
+alert BackupTooOld), whether or not monitoring is on.
 """
 
 import datetime
@@ -21,9 +24,11 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from scripts import env_file
+from scripts.lib import monitoring
 from scripts.lib.compose import ROOT, Stack
 from scripts.lib.docker_api import project_containers, running
 from scripts.lib.postgres import sql
@@ -127,6 +132,8 @@ def main() -> None:
     }
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     size = sum(p.stat().st_size for p in files) / 2**20
+    monitoring.write_metric(stack, "tiled_stack_last_backup_timestamp_seconds",
+                            "When the last `make backup` succeeded (Unix time).", round(time.time()))
     ok(f"backup of {counts['catalog_nodes']} catalog nodes written: {target} ({size:.1f} MiB)")
     print(f"  restore into an empty stack with: make restore BACKUP={target}")
 

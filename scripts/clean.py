@@ -29,7 +29,7 @@ def main() -> None:
         raise Failure("not confirmed; nothing was deleted", "rerun `make clean` and type the project name")
     step(f"removing project {stack.project}: containers, networks and volumes")
     side_replica.remove(stack.project)
-    stack.run("down", "--volumes", "--remove-orphans")
+    stack.run("down", "--volumes", "--remove-orphans", every_profile=True)
     shutil.rmtree(STATE / stack.project, ignore_errors=True)
     ok(f"{stack.project} removed with its data; {stack.env_path} (secrets) kept")
 

