@@ -41,6 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def env_path(tmp_path, monkeypatch) -> Path:
+    """A .env of a test's own, not yet created (the fast tier's configuration tests)."""
+    path = tmp_path / ".env"
+    monkeypatch.setenv("STACK_ENV_FILE", str(path))
+    return path
+
+
 def make(target: str, env_path: Path, *args: str, check: bool = True, **extra_env) -> subprocess.CompletedProcess:
     """Run a make target against the test stack, as a user would; output is shown on failure."""
     env = {**os.environ, "STACK_ENV_FILE": str(env_path), **extra_env}
@@ -52,13 +60,46 @@ def make(target: str, env_path: Path, *args: str, check: bool = True, **extra_en
     return done
 
 
+class BrowserImage(threading.Thread):
+    """Debian's Chromium in an image of the tests' own (tests/browser/), built from the stack's
+    base image in the background while the other live tests run; `.tag()` waits for it."""
+
+    TAG = "tiled-stack/test-browser:bookworm"
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.error = None
+
+    def run(self):
+        from scripts import build_images
+
+        try:
+            spec = build_images.compose_builds()["haproxy"]  # any service on the stack's base
+            base = spec["args"]["BASE_IMAGE"]
+            build_images.ensure_image(self.TAG, ROOT / "tests" / "browser", {"BASE_IMAGE": base}, base,
+                                      build_images.base_image_id(base))
+        except BaseException as err:  # reported by tag(), in the test that needs the image
+            self.error = err
+
+    def tag(self, timeout: float = 900) -> str:
+        self.join(timeout)
+        assert not self.is_alive(), f"the browser image was not built within {timeout:.0f}s"
+        if self.error:
+            raise AssertionError(f"building the browser image failed: {self.error}")
+        return self.TAG
+
+
 @pytest.fixture(scope="session")
 def images():
-    """Every image built (from nothing on a fresh machine): `make images`."""
+    """Every image built (from nothing on a fresh machine): `make images`; then the tests'
+    browser image starts building in the background (`images.tag()` waits for it)."""
     done = subprocess.run(["make", "images"], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(done.stdout)
     assert done.returncode == 0, f"make images failed:\n{done.stdout[-6000:]}"
+    browser = BrowserImage()
+    browser.start()
+    return browser
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +149,8 @@ def docker_setup():
 
 @pytest.fixture(scope="session")
 def docker_cleanup():
-    return ["down --volumes --remove-orphans --timeout 20"]
+    # Every profile: the monitoring test turns its profile on, and off again, on this stack.
+    return ["--profile monitoring down --volumes --remove-orphans --timeout 20"]
 
 
 @pytest.fixture(scope="session")

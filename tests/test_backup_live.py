@@ -50,6 +50,9 @@ def test_backup_clean_restore_gives_back_everything(stack, tiled, api_key, tmp_p
         took = time.monotonic() - started
         time.sleep(1)
     assert "backup of" in done.stdout and (backup / "manifest.json").exists()
+    # For Prometheus (alert BackupTooOld), monitoring on or off.
+    recorded = (stack.metrics_dir / "tiled_stack_last_backup_timestamp_seconds.prom").read_text()
+    assert abs(float(recorded.split()[-1]) - time.time()) < took + 60, recorded
     reads = [o for *_, o in load.results]
     assert reads and set(reads) == {200}, "a read failed during the backup"
     assert set(writer.outcomes.values()) == {200} and not scans.errors(), "a write failed during the backup"

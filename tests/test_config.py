@@ -13,13 +13,6 @@ from scripts.lib.compose import Stack, readable_paths
 from scripts.lib.say import Failure
 
 
-@pytest.fixture
-def env_path(tmp_path, monkeypatch):
-    path = tmp_path / ".env"
-    monkeypatch.setenv("STACK_ENV_FILE", str(path))
-    return path
-
-
 def test_first_run_creates_env_with_every_secret_private(env_path):
     values = env_file.ensure()
     assert stat.S_IMODE(env_path.stat().st_mode) == 0o600
