@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SQLITE_APP, probe_tiled_stack
 from scripts import env_file
 from scripts.lib import promtool
 from scripts.lib.compose import MONITORING, Stack, profile_services
@@ -75,6 +75,7 @@ def test_rendered_prometheus_config_and_rules_pass_promtool(tmp_path, promtool_p
 @pytest.mark.parametrize("env, message", [
     ({"TILED_METRICS_KEY": ""}, "TILED_METRICS_KEY is unset"),
     ({"PROMETHEUS_SCRAPE_INTERVAL": "fast"}, "PROMETHEUS_SCRAPE_INTERVAL='fast' is not a duration"),
+    ({"PROMETHEUS_SCRAPE_INTERVAL": "1m"}, "is not a duration from 1s to 30s"),
     ({"PROMETHEUS_RETENTION_SIZE": "2 gigs"}, "PROMETHEUS_RETENTION_SIZE='2 gigs' is not a size"),
     ({"PROMETHEUS_ALERTMANAGERS": "http://am:9093/"}, "is not host:port"),
 ])
@@ -247,12 +248,48 @@ def test_metrics_key_opens_only_the_metrics_route_and_only_off_haproxy():
                       "/api/v1/metrics"]
 
 
-def test_metrics_layer_stays_off_without_a_long_key(monkeypatch):
+def test_without_a_long_key_the_layer_admits_nobody(monkeypatch):
     metrics = metrics_layer()
     monkeypatch.setenv("TILED_METRICS_KEY", "short")
+    added = []
 
     class App:
-        def add_middleware(self, *args, **kwargs):
-            raise AssertionError("added with a short key")
+        def add_middleware(self, cls, **kwargs):
+            added.append(cls(None, **kwargs))
 
-    assert "off" in metrics.attach(App())
+    assert "metrics key off" in metrics.attach(App())
+    for header in ([], [(b"authorization", b"Apikey short")], [(b"authorization", b"Apikey None")]):
+        assert not added[0].admits({"type": "http", "path": "/api/v1/metrics", "method": "GET", "headers": header})
+
+
+def test_health_checks_are_labelled_and_writes_are_not(tmp_path):
+    """Through Tiled's own app and metrics: /readyz and /healthz count as endpoint="health",
+    a write stays "unknown" (Tiled's label for it), a read keeps Tiled's own label."""
+    code = SQLITE_APP + r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from starlette.testclient import TestClient
+from prometheus_client import REGISTRY
+from tiled_stack import metrics, readiness
+app = sqlite_app()
+readiness.attach(app)
+metrics.attach(app)
+with TestClient(app) as client:
+    for path in ("/readyz", "/healthz", "/readyz"):
+        assert client.get(path).status_code == 200, path
+    client.post("/api/v1/metadata/", headers={"Authorization": "Apikey k"},
+                json={"structure_family": "container", "metadata": {}, "specs": [], "data_sources": []})
+    client.get("/api/v1/metadata/", headers={"Authorization": "Apikey k"})
+counts = {}
+for metric in REGISTRY.collect():
+    if metric.name == "tiled_request_duration_seconds":
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.value:
+                key = sample.labels["method"] + " " + sample.labels["endpoint"]
+                counts[key] = counts.get(key, 0) + sample.value
+print(json.dumps({"counts": counts}))
+"""
+    counts = probe_tiled_stack(code)["counts"]
+    assert counts.get("GET health") == 3, counts
+    assert counts.get("POST unknown") == 1 and counts.get("GET metadata") == 1, counts
+    assert not any(k.startswith("GET unknown") for k in counts), counts

@@ -63,7 +63,8 @@ def remove_if_off(stack: Stack) -> None:
         return
     step(f"monitoring is off: removing {', '.join(sorted(c.name for c in left))} (its data volume is kept)")
     for container in left:
-        container.remove(force=True)
+        container.stop(timeout=30)  # Prometheus closes its database cleanly
+        container.remove()
 
 
 def write_metric(stack: Stack, name: str, help_text: str, value: float) -> None:
@@ -78,17 +79,20 @@ def write_metric(stack: Stack, name: str, help_text: str, value: float) -> None:
 
 
 def health_line(stack: Stack) -> str:
-    """Requests/s, 5xx/s and p99 through HAProxy's replica backends over 5 minutes, and firing alerts."""
+    """Requests/s, 5xx/s (and their share) through HAProxy's replica backends, and Tiled's p99 without
+    health checks, over 5 minutes; and the alerts firing."""
     backends = 'proxy=~"tiled_http|tiled_stream"'
     rate = scalar(stack, f"sum(rate(haproxy_backend_http_requests_total{{{backends}}}[5m]))")
     errors = scalar(stack, f'sum(rate(haproxy_backend_http_responses_total{{{backends},code="5xx"}}[5m]))')
     p99 = scalar(stack, 'histogram_quantile(0.99, sum by (le) (rate('
-                        'tiled_request_duration_seconds_bucket{endpoint!="unknown"}[5m])))')
+                        'tiled_request_duration_seconds_bucket{endpoint!="health"}[5m])))')
     firing = [r["metric"]["alertname"] for r in query(stack, 'ALERTS{alertstate="firing"}')]
 
     def number(value, fmt):
         return "n/a" if value is None or value != value else fmt.format(value)
 
-    return (f"last 5 min: {number(rate, '{:.1f}')} requests/s, {number(errors, '{:.2f}')} 5xx/s, "
+    share = errors / rate if rate and errors is not None else None
+    return (f"last 5 min: {number(rate, '{:.1f}')} requests/s, {number(errors, '{:.2f}')} 5xx/s "
+            f"({number(share and share * 100, '{:.1f}')} %), "
             f"p99 {number(p99 and p99 * 1000, '{:.0f}')} ms; {len(firing)} alert(s) firing"
             + (f": {', '.join(sorted(set(firing)))}" if firing else ""))
