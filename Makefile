@@ -33,7 +33,7 @@ clean: venv ## Remove containers AND data volumes (asks first; FORCE=1 to skip)
 status: venv ## Each service's health and each replica as HAProxy sees it
 	@$(RUN) scripts.status
 
-logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init)
+logs: venv ## Follow logs (SERVICE=tiled|haproxy|postgres|redis|tiled-init|prometheus|…-exporter)
 	@$(RUN) scripts.logs
 
 scale: venv ## Change the replica count live: make scale N=4

@@ -16,7 +16,8 @@ RUN_DIR = os.environ.get("MONITORING_CONFIG_DIR") or "/tmp/prometheus"
 DEFAULTS = {"PROMETHEUS_SCRAPE_INTERVAL": "15s", "PROMETHEUS_RETENTION_TIME": "15d",
             "PROMETHEUS_RETENTION_SIZE": "2GB", "TILED_REPLICAS": "3", "COMPOSE_PROJECT_NAME": "tiled-stack"}
 CHECKS = {
-    "PROMETHEUS_SCRAPE_INTERVAL": (r"[1-9][0-9]*[smh]", "a duration such as 15s"),
+    # The dashboard and HAProxyQueueing read [1m] windows: at least two scrapes in each.
+    "PROMETHEUS_SCRAPE_INTERVAL": (r"([1-9]|[12][0-9]|30)s", "a duration from 1s to 30s, such as 15s"),
     "PROMETHEUS_RETENTION_TIME": (r"[1-9][0-9]*[mhdwy]", "a duration such as 15d"),
     "PROMETHEUS_RETENTION_SIZE": (r"[1-9][0-9]*(B|KB|MB|GB|TB)", "a size such as 2GB"),
     "TILED_REPLICAS": (r"[1-9][0-9]*", "a whole number of replicas"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,13 @@ def free_port() -> int:
 
 @pytest.fixture
 def env_path(tmp_path, monkeypatch) -> Path:
-    """A .env of a test's own, not yet created (the fast tier's configuration tests)."""
+    """A .env of a test's own, not yet created, and a .state/ of its own (the fast tier's
+    configuration tests): nothing touches the checkout's stack."""
+    from scripts.lib import compose
+
     path = tmp_path / ".env"
     monkeypatch.setenv("STACK_ENV_FILE", str(path))
+    monkeypatch.setattr(compose, "STATE", tmp_path / "state")
     return path
 
 
@@ -60,46 +65,26 @@ def make(target: str, env_path: Path, *args: str, check: bool = True, **extra_en
     return done
 
 
-class BrowserImage(threading.Thread):
-    """Debian's Chromium in an image of the tests' own (tests/browser/), built from the stack's
-    base image in the background while the other live tests run; `.tag()` waits for it."""
+def browser_image() -> str:
+    """tests/browser/ (Debian's Chromium), built from the stack's base image if missing or stale."""
+    from scripts import build_images
 
-    TAG = "tiled-stack/test-browser:bookworm"
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.error = None
-
-    def run(self):
-        from scripts import build_images
-
-        try:
-            spec = build_images.compose_builds()["haproxy"]  # any service on the stack's base
-            base = spec["args"]["BASE_IMAGE"]
-            build_images.ensure_image(self.TAG, ROOT / "tests" / "browser", {"BASE_IMAGE": base}, base,
-                                      build_images.base_image_id(base))
-        except BaseException as err:  # reported by tag(), in the test that needs the image
-            self.error = err
-
-    def tag(self, timeout: float = 900) -> str:
-        self.join(timeout)
-        assert not self.is_alive(), f"the browser image was not built within {timeout:.0f}s"
-        if self.error:
-            raise AssertionError(f"building the browser image failed: {self.error}")
-        return self.TAG
+    spec = build_images.compose_builds()["haproxy"]  # any service on the stack's base
+    base, tag = spec["args"]["BASE_IMAGE"], "tiled-stack/test-browser:bookworm"
+    build_images.ensure_image(tag, ROOT / "tests" / "browser", {"BASE_IMAGE": base}, base,
+                              build_images.base_image_id(base))
+    return tag
 
 
 @pytest.fixture(scope="session")
 def images():
-    """Every image built (from nothing on a fresh machine): `make images`; then the tests'
-    browser image starts building in the background (`images.tag()` waits for it)."""
+    """Every image built (from nothing on a fresh machine): `make images`, then the tests'
+    browser image, before any stack starts (not beside timed tests on 2 cores)."""
     done = subprocess.run(["make", "images"], cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     print(done.stdout)
     assert done.returncode == 0, f"make images failed:\n{done.stdout[-6000:]}"
-    browser = BrowserImage()
-    browser.start()
-    return browser
+    return types.SimpleNamespace(browser=browser_image())
 
 
 @pytest.fixture(scope="session")

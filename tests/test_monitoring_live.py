@@ -140,7 +140,7 @@ def test_targets_follow_make_scale_within_a_minute(monitored):
 
 
 def test_a_sigkilled_replica_fires_replica_down_which_resolves_when_it_is_back(monitored):
-    assert not alert_states(monitored, "TiledReplicaDown")
+    until_resolved(monitored, "TiledReplicaDown")  # a replica `make scale` just stopped may linger one scrape
     victim = project_containers(monitored.project, "tiled", all=False)[0]
     victim.kill()  # SIGKILL; Docker leaves a killed container stopped
     try:
@@ -156,7 +156,7 @@ def test_a_sigkilled_replica_fires_replica_down_which_resolves_when_it_is_back(m
 
 
 def test_stopping_postgres_fires_postgres_down(monitored):
-    assert not alert_states(monitored, "PostgresDown")
+    until_resolved(monitored, "PostgresDown")
     postgres = running(monitored.project, "postgres")
     postgres.stop(timeout=20)
     try:
@@ -212,7 +212,7 @@ def test_every_dashboard_query_returns_data_after_a_short_load(monitored, loaded
 def test_the_console_page_draws_real_curves_in_chromium(monitored, loaded, images, tmp_path):
     from PIL import Image
 
-    image = images.tag()
+    image = images.browser
     url = f"{monitored.prometheus_url}/consoles/tiled-stack.html"
     tmp_path.chmod(0o777)
     options = dict(network_mode="host", remove=True, volumes={str(tmp_path): {"bind": "/out", "mode": "rw"}})
@@ -237,7 +237,7 @@ def test_make_status_adds_a_health_line_from_prometheus(monitored, loaded):
     done = make("status", monitored.env_path)
     line = next(line for line in done.stdout.splitlines() if "last 5 min:" in line)
     rate = float(line.split("last 5 min:")[1].split()[0])
-    assert rate > 0 and "5xx/s" in line and "p99" in line and "alert(s) firing" in line, line
+    assert rate > 0 and "5xx/s (" in line and " %)" in line and "p99" in line and "alert(s) firing" in line, line
 
 
 def test_turning_monitoring_off_removes_it_and_keeps_its_data(monitored, stack_env):
