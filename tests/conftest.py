@@ -65,26 +65,32 @@ def make(target: str, env_path: Path, *args: str, check: bool = True, **extra_en
     return done
 
 
-def browser_image() -> str:
-    """tests/browser/ (Debian's Chromium), built from the stack's base image if missing or stale."""
-    from scripts import build_images
-
-    spec = build_images.compose_builds()["haproxy"]  # any service on the stack's base
-    base, tag = spec["args"]["BASE_IMAGE"], "tiled-stack/test-browser:bookworm"
-    build_images.ensure_image(tag, ROOT / "tests" / "browser", {"BASE_IMAGE": base}, base,
-                              build_images.base_image_id(base))
-    return tag
+BROWSER_IMAGE = "tiled-stack/test-browser:bookworm"  # Debian's Chromium (tests/browser/)
 
 
 @pytest.fixture(scope="session")
-def images():
-    """Every image built (from nothing on a fresh machine): `make images`, then the tests'
-    browser image, before any stack starts (not beside timed tests on 2 cores)."""
-    done = subprocess.run(["make", "images"], cwd=ROOT, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    print(done.stdout)
-    assert done.returncode == 0, f"make images failed:\n{done.stdout[-6000:]}"
-    return types.SimpleNamespace(browser=browser_image())
+def images(tmp_path_factory):
+    """Every image built (from nothing on a fresh machine): `make images`; beside it, once
+    the base image exists, the tests' browser image (before any stack starts: not beside
+    timed tests on 2 cores)."""
+    from scripts import build_images
+    from scripts.lib.docker_api import client
+
+    log = tmp_path_factory.mktemp("images") / "make-images.log"
+    with open(log, "w") as out:
+        making = subprocess.Popen(["make", "images"], cwd=ROOT, text=True, stdout=out, stderr=subprocess.STDOUT)
+    base = build_images.compose_builds()["haproxy"]["args"]["BASE_IMAGE"]  # the stack's base
+    try:
+        while making.poll() is None and not build_images.image_exists(base):
+            time.sleep(1)
+        if build_images.image_exists(base):
+            build_images.ensure_image(BROWSER_IMAGE, ROOT / "tests" / "browser", {"BASE_IMAGE": base}, base,
+                                      client().images.get(base).id)
+    finally:
+        making.wait()
+    print(log.read_text())
+    assert making.returncode == 0, f"make images failed:\n{log.read_text()[-6000:]}"
+    return types.SimpleNamespace(browser=BROWSER_IMAGE)
 
 
 @pytest.fixture(scope="session")
