@@ -5,7 +5,7 @@ The role cannot connect to tiled_catalog, tiled_storage or tiled_authn (postgres
 revokes CONNECT from PUBLIC on each); it reads the statistics views of database `postgres`.
 Its password (MONITORING_DB_PASSWORD) is sent as a SCRAM verifier, so the plain password
 never reaches the server, a statement log or pg_stat_activity. Only this job and PostgreSQL
-hold the superuser password. python3-minimal: hashlib and binascii, no hmac or base64.
+hold the superuser password. The image's python3-minimal has no hmac module: HMAC is written out.
 """
 
 import binascii

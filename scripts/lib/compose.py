@@ -41,10 +41,23 @@ MONITORING = "monitoring"  # the profile of compose.yaml's monitoring services
 
 
 @functools.cache
+def services() -> dict[str, dict]:
+    """compose.yaml's services, as written (no interpolation)."""
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+
+
 def profile_services(profile: str) -> tuple[str, ...]:
     """compose.yaml's services that only the profile starts."""
-    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    return tuple(name for name, svc in spec["services"].items() if profile in svc.get("profiles", []))
+    return tuple(name for name, svc in services().items() if profile in svc.get("profiles", []))
+
+
+def all_profiles() -> tuple[str, ...]:
+    return tuple(sorted({p for svc in services().values() for p in svc.get("profiles", [])}))
+
+
+def one_shot_services() -> tuple[str, ...]:
+    """Jobs that run once per `make up` and exit 0 (`restart: "no"`)."""
+    return tuple(name for name, svc in services().items() if svc.get("restart") == "no")
 
 
 def monitoring_on(values: dict[str, str], profiles: list[str]) -> bool:
@@ -184,7 +197,7 @@ class Stack:
         """The compose command line; `every_profile` also names the profiles that are off
         (`down` and `clean` must reach the containers of a profile turned off since)."""
         files = [arg for f in self.files() for arg in ("-f", str(f))]
-        names = [*self.profiles, *([p for p in (MONITORING, "idp") if p not in self.profiles] if every_profile else [])]
+        names = [*self.profiles, *([p for p in all_profiles() if p not in self.profiles] if every_profile else [])]
         profiles = [arg for p in names for arg in ("--profile", p)]
         return [*compose_command(), *files, *profiles, "--project-directory", str(ROOT),
                 "-p", self.project, "--env-file", str(self.env_path), *args]

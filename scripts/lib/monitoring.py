@@ -7,12 +7,16 @@ import os
 import urllib.parse
 import urllib.request
 
+import yaml
+
 from scripts.lib import wait
-from scripts.lib.compose import MONITORING, Stack, profile_services
+from scripts.lib.compose import MONITORING, ROOT, Stack, profile_services
 from scripts.lib.docker_api import project_containers
 from scripts.lib.say import Failure, ok, step
 
-JOBS = ("tiled", "haproxy", "postgres", "redis", "volumes", "prometheus")
+# Prometheus's scrape jobs, as monitoring/prometheus.yml names them.
+JOBS = tuple(job["job_name"] for job in yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+             ["scrape_configs"])
 TARGETS_DEADLINE_S = 120
 
 

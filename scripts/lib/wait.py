@@ -3,12 +3,11 @@
 import time
 
 from scripts.lib import haproxy_stats
-from scripts.lib.compose import MONITORING, Stack, profile_services
+from scripts.lib.compose import MONITORING, Stack, one_shot_services, profile_services
 from scripts.lib.docker_api import project_containers
 from scripts.lib.say import Failure, ok, step
 
 DEADLINE_S = 300  # a cold first start runs initdb and the catalog migration
-ONE_SHOT = ("tiled-init", "postgres-monitor-role")  # jobs that run once per `make up` and exit 0
 
 
 def service_states(stack: Stack) -> dict[str, list[tuple[str, str]]]:
@@ -36,7 +35,7 @@ def problems(stack: Stack, replicas: int) -> list[str]:
             found.append(f"{service}: no container")
     for service, containers in states.items():
         for name, state in containers:
-            if service in ONE_SHOT:
+            if service in one_shot_services():
                 if state.startswith("exited(") and state != "exited(0)":
                     raise Failure(f"the one-shot job {service} failed: {name} {state}",
                                   f"read `make logs SERVICE={service}`, fix the cause, rerun `make up`")
