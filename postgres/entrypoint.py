@@ -25,6 +25,15 @@ STAGING = os.path.join(PGDATA, ".first-start")
 HEADROOM = 20  # tiled-init, backups, psql sessions, superuser_reserved_connections
 
 
+
+def secrets_into_environment() -> None:
+    """On Docker Swarm the secrets arrive as files, /run/secrets/<VARIABLE> (compose.swarm.yaml)."""
+    folder = "/run/secrets"
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name)) as f:
+                os.environ.setdefault(name, f.read())
+
 def max_connections() -> int:
     """Enough for TILED_MAX_REPLICAS replicas at full pool + overflow (compose.yaml x-pools)."""
     per_replica = sum(
@@ -204,4 +213,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    secrets_into_environment()
     main()

@@ -13,6 +13,15 @@ import tempfile
 MONITOR_COMMANDS = "+ping +info +client|setname +latency|latest +memory|stats +slowlog|len +select +cluster|info"
 
 
+
+def secrets_into_environment() -> None:
+    """On Docker Swarm the secrets arrive as files, /run/secrets/<VARIABLE> (compose.swarm.yaml)."""
+    folder = "/run/secrets"
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            with open(os.path.join(folder, name)) as f:
+                os.environ.setdefault(name, f.read())
+
 def main() -> None:
     password = os.environ.get("REDIS_PASSWORD")
     if not password:
@@ -31,4 +40,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    secrets_into_environment()
     main()
