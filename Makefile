@@ -6,7 +6,7 @@ VENV   := .venv/bin/python
 RUN    := $(VENV) -m
 
 .DEFAULT_GOAL := help
-.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single bench-monitoring test test-fast lock service-account key keys revoke-key access rotate-secret-key retire-secret-key
+.PHONY: help venv env images up down clean status logs scale rollout reload-tls backup restore demo serve migrate bench bench-switches bench-single bench-monitoring test test-fast test-swarm lock images-bundle images-load swarm-up swarm-status swarm-scale swarm-rollout swarm-down service-account key keys revoke-key access rotate-secret-key retire-secret-key
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,27 @@ rotate-secret-key: venv ## New token-signing key, nobody logged out (two rollout
 retire-secret-key: venv ## Stop accepting the key before the last rotation (one rollout)
 	@$(RUN) scripts.rotate_secret_key retire
 
+images-bundle: venv ## Every image the stack runs, in one file with a checksum manifest (OUT=): ship it to Swarm nodes
+	@$(RUN) scripts.images_bundle save
+
+images-load: venv ## Load and verify a bundle into this engine (or DOCKER_HOST's): make images-load BUNDLE=…
+	@$(RUN) scripts.images_bundle load
+
+swarm-up: venv ## Docker Swarm (on a manager): deploy or update the stack, rolling; waits (README "Several hosts")
+	@$(RUN) scripts.swarm up
+
+swarm-status: venv ## Swarm: each service's tasks per node, and each replica as HAProxy sees it
+	@$(RUN) scripts.swarm status
+
+swarm-scale: venv ## Swarm: change the replica count live: make swarm-scale N=6
+	@$(RUN) scripts.swarm scale $(N)
+
+swarm-rollout: venv ## Swarm: replace every replica one at a time, new one first
+	@$(RUN) scripts.swarm rollout
+
+swarm-down: venv ## Swarm: remove the stack's services; volumes, arrays and secrets stay
+	@$(RUN) scripts.swarm down
+
 backup: venv ## Back up catalog, storage, arrays and config into backups/<project>-<time>/ (BACKUP_DIR=)
 	@$(RUN) scripts.backup
 
@@ -95,6 +116,9 @@ bench-monitoring: venv ## What monitoring costs (TILED_MONITORING=on): CPU, memo
 
 test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)
 	@$(VENV) -m pytest
+
+test-swarm: venv ## The multi-node tier: a Swarm of three engines in containers here (≈ 10 min; CI runs it)
+	@$(VENV) -m pytest -m swarm
 
 test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (≈ 2 min)
 	@$(VENV) -m pytest -m "not live and not local"

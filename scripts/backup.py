@@ -14,6 +14,9 @@ dumped first, then the data it points at, so every node in catalog.dump finds it
 rows and array chunks (data written after the catalog dump is extra, never
 missing). Redis is not backed up: it holds only the last hour of streaming updates.
 
+On Docker Swarm, run it on the node labelled tiled-stack.db (PostgreSQL runs there); the
+arrays are read from TILED_ARRAYS_PATH, the shared filesystem every node mounts.
+
 On success it records the time for Prometheus (tiled_stack_last_backup_timestamp_seconds,
 alert BackupTooOld), whether or not monitoring is on.
 """
@@ -24,13 +27,14 @@ import io
 import json
 import os
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
 from scripts import env_file
 from scripts.lib import monitoring
 from scripts.lib.compose import ROOT, Stack
-from scripts.lib.docker_api import project_containers, running
+from scripts.lib.docker_api import project_containers, running, swarm_task_containers
 from scripts.lib.postgres import sql
 from scripts.lib.say import Failure, ok, run_main, step
 
@@ -101,7 +105,9 @@ def write_config(stack: Stack, target: Path) -> None:
 
 def main() -> None:
     stack = Stack()
-    postgres, replica = running(stack.project, "postgres"), running(stack.project, "tiled")
+    postgres = running(stack.project, "postgres")
+    on_swarm = "com.docker.stack.namespace" in postgres.labels
+    replica = None if on_swarm else running(stack.project, "tiled")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = Path(os.environ.get("BACKUP_DIR") or ROOT / "backups" / f"{stack.project}-{stamp}")
     if target.exists() and any(target.iterdir()):
@@ -119,14 +125,24 @@ def main() -> None:
     step("pg_dump tiled_authn → authn.dump")
     exec_to_file(postgres, ["pg_dump", "-U", "postgres", "-Fc", "-d", "tiled_authn"], target / "authn.dump",
                  "postgres")
-    step(f"{ARRAYS} → arrays.tar")
-    exec_to_file(replica, ["tar", "-C", ARRAYS, "-cf", "-", "."], target / "arrays.tar", "tiled")
+    if on_swarm:
+        shared = stack.values.get("TILED_ARRAYS_PATH") or ""
+        if not os.path.isdir(shared):
+            raise Failure(f"TILED_ARRAYS_PATH={shared!r} is not a folder on this node",
+                          "run `make backup` on a node that mounts the shared filesystem at that path")
+        step(f"{shared} (TILED_ARRAYS_PATH) → arrays.tar")
+        with tarfile.open(target / "arrays.tar", "w") as tar:
+            tar.add(shared, arcname=".")
+    else:
+        step(f"{ARRAYS} → arrays.tar")
+        exec_to_file(replica, ["tar", "-C", ARRAYS, "-cf", "-", "."], target / "arrays.tar", "tiled")
     write_config(stack, target / "config")
     files = sorted(p for p in target.rglob("*") if p.is_file())
     manifest = {
         "created": stamp, "project": stack.project, **counts,
-        "images": {c.labels.get("com.docker.compose.service"): c.attrs["Config"]["Image"]
-                   for c in project_containers(stack.project, all=False)},
+        "images": {c.labels.get("com.docker.compose.service")
+                   or c.labels["com.docker.swarm.service.name"].removeprefix(f"{stack.project}_"): c.attrs["Config"]["Image"]
+                   for c in project_containers(stack.project, all=False) or swarm_task_containers(stack.project)},
         "postgres": sql(postgres, "postgres", "show server_version"),
         "files": {str(p.relative_to(target)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
     }
@@ -135,7 +151,10 @@ def main() -> None:
     monitoring.write_metric(stack, "tiled_stack_last_backup_timestamp_seconds",
                             "When the last `make backup` succeeded (Unix time).", round(time.time()))
     ok(f"backup of {counts['catalog_nodes']} catalog nodes written: {target} ({size:.1f} MiB)")
-    print(f"  restore into an empty stack with: make restore BACKUP={target}")
+    if on_swarm:
+        print("  restore: `make restore` is single-host; on Swarm, README \"Several hosts\" says how")
+    else:
+        print(f"  restore into an empty stack with: make restore BACKUP={target}")
 
 
 if __name__ == "__main__":

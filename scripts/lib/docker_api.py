@@ -27,12 +27,22 @@ def project_containers(project: str, service: str | None = None, all: bool = Tru
     return client().containers.list(all=all, filters={"label": labels})
 
 
+def swarm_task_containers(project: str, service: str | None = None):
+    """The containers of stack `project`'s tasks that run on this engine's node (Docker Swarm)."""
+    labels = [f"com.docker.stack.namespace={project}"]
+    if service:
+        labels.append(f"com.docker.swarm.service.name={project}_{service}")
+    return client().containers.list(filters={"label": labels})
+
+
 def running(project: str, service: str):
-    """A running container of `service`, or a Failure that says how to start one."""
-    containers = project_containers(project, service, all=False)
+    """A running container of `service` (on Swarm: a task on this node), or a Failure that says
+    how to start one."""
+    containers = project_containers(project, service, all=False) or swarm_task_containers(project, service)
     if not containers:
-        raise Failure(f"the {service} service of project {project} is not running",
-                      "start the stack with `make up`, then rerun")
+        raise Failure(f"the {service} service of project {project} is not running here",
+                      "start the stack with `make up`, then rerun (on Swarm: run this on the node that runs it, "
+                      "README \"Several hosts\")")
     return containers[0]
 
 

@@ -1,0 +1,339 @@
+"""Docker Swarm: the stack file `docker stack deploy` reads, derived from compose.yaml.
+
+compose.yaml, the overlays scripts/lib/compose.py derives (detector mounts, identity
+network) and compose.swarm.yaml are rendered by Compose v2 (`config`); then, for Swarm:
+  - every value of a secret of .env (scripts/env_file.py) leaves the environment and
+    becomes a Docker secret, mounted at /run/secrets/<VARIABLE>, which the images read;
+    its name carries a keyed hash of the value, so a changed value is a new secret and
+    the services using it roll;
+  - files bound from this checkout (tiled/access/) become Docker configs the same way;
+  - images are named by ID, so that no node ever asks a registry (a tag makes Swarm try
+    a pull first, even when the image is there);
+  - mem_limit becomes deploy.resources.limits, shm_size a tmpfs on /dev/shm, published
+    ports bind on the node (mode: host; Swarm cannot bind one address);
+  - keys Swarm does not read (build, depends_on, restart, profiles) are dropped.
+The result is Compose file format 3.9, written to .state/<project>/stack.yaml.
+"""
+
+import hashlib
+import hmac
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from scripts import env_file
+from scripts.lib.compose import ROOT, STATE, Stack, compose_command
+from scripts.lib.docker_api import client
+from scripts.lib.say import Failure, note
+from scripts.lib.wait import until
+
+OVERLAY = ROOT / "compose.swarm.yaml"
+LABEL = "org.tiled-stack.stack"
+NODE_LABELS = {"db": "tiled-stack.db", "frontdoor": "tiled-stack.frontdoor"}
+# Keys of a rendered service that mean nothing to Swarm, or that are turned into others below.
+DROPPED = {"build", "depends_on", "restart", "profiles", "container_name", "mem_limit", "shm_size", "pull_policy"}
+# Deploy stages: each waits for the one before, as depends_on does on one host.
+STAGES = (("postgres", "redis"), ("tiled-init",), None)  # None: every service
+
+
+def render(stack: Stack) -> dict:
+    """compose.yaml + overlays + compose.swarm.yaml, interpolated by Compose v2 (no profile: the
+    monitoring and test identity-provider services stay single-host)."""
+    if stack.tls == "on":
+        raise Failure("TILED_TLS=on is single-host only for now: HAProxy's certificate is a file on this host",
+                      "on Swarm, terminate TLS in front of the stack and set TILED_TLS=external "
+                      "(README \"Several hosts\", Limits)")
+    files = [arg for f in [*stack.files(), OVERLAY] for arg in ("-f", str(f))]
+    done = subprocess.run([*compose_command(), *files, "--project-directory", str(ROOT), "-p", stack.project,
+                           "--env-file", str(stack.env_path), "config", "--format", "json"],
+                          text=True, capture_output=True, cwd=ROOT)
+    if done.returncode:
+        raise Failure(f"Compose could not render the stack: {done.stderr.strip()[-600:]}",
+                      f"fix the setting it names in {stack.env_path}")
+    return json.loads(done.stdout)
+
+
+def versioned_name(stack: Stack, kind: str, name: str, data: bytes) -> str:
+    """<project>_<name>_<12 hex>: a keyed hash (HMAC, keyed by POSTGRES_PASSWORD), so that
+    a secret's name tells nothing about a weak password."""
+    key = (stack.values.get("POSTGRES_PASSWORD") or "").encode()
+    digest = hmac.new(key, kind.encode() + b"\0" + name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+    return f"{stack.project}_{name.lower()}_{digest[:12]}"
+
+
+def memory(limit) -> str:
+    return f"{int(limit) // 2**20}M"
+
+
+def image_id(tag: str) -> str:
+    import docker.errors
+
+    try:
+        return client().images.get(tag).id
+    except docker.errors.ImageNotFound:
+        raise Failure(f"image {tag} is not on this manager node",
+                      "load the bundle here first: make images-load BUNDLE=… (README \"Several hosts\")") from None
+
+
+def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict[str, bytes]]:
+    """The stack file, and the secrets and configs it names (name → content)."""
+    secret_values = {key: stack.values[key] for key in env_file.all_secrets() if stack.values.get(key)}
+    by_value = {value: key for key, value in secret_values.items()}
+    secrets, configs, services, volumes = {}, {}, {}, set()
+    for name, svc in config["services"].items():
+        out = {k: v for k, v in svc.items() if k not in DROPPED and v not in (None, [], {})}
+        out["image"] = image_id(svc["image"])
+        deploy = out.setdefault("deploy", {})
+        deploy.setdefault("labels", {})[f"{LABEL}.image"] = svc["image"]
+        if "mem_limit" in svc:
+            deploy.setdefault("resources", {}).setdefault("limits", {})["memory"] = memory(svc["mem_limit"])
+        environment, refs = {}, []
+        for var, value in (svc.get("environment") or {}).items():
+            if value and value in by_value:
+                secret = versioned_name(stack, "secret", by_value[value], value.encode())
+                secrets[secret] = value.encode()
+                refs.append({"source": secret, "target": var, "mode": 0o444})
+            else:
+                environment[var] = "" if value is None else value
+        out["environment"] = environment
+        if refs:
+            out["secrets"] = refs
+        mounts, config_refs = [], []
+        for v in svc.get("volumes") or []:
+            if v["type"] == "bind" and Path(v["source"]).is_relative_to(ROOT):
+                folder = Path(v["source"])
+                for f in sorted(p for p in folder.iterdir() if p.is_file()):
+                    data = f.read_bytes()
+                    cname = versioned_name(stack, "config", f"{folder.name}_{f.stem}", data)
+                    configs[cname] = data
+                    config_refs.append({"source": cname, "target": f"{v['target']}/{f.name}", "mode": 0o444})
+                continue
+            mount = {k: v[k] for k in ("type", "source", "target", "read_only") if k in v}
+            if v["type"] == "volume":
+                volumes.add(v["source"])
+            mounts.append(mount)
+        if "shm_size" in svc:
+            mounts.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": int(svc["shm_size"])}})
+        out.pop("volumes", None)
+        if mounts:
+            out["volumes"] = mounts
+        if config_refs:
+            out["configs"] = config_refs
+        if svc.get("ports"):
+            out["ports"] = [{"target": p["target"], "published": int(p["published"]),
+                             "protocol": p.get("protocol", "tcp"), "mode": "host"} for p in svc["ports"]]
+        out["networks"] = sorted(svc.get("networks") or {})
+        for key in ("healthcheck",):
+            if key in out:
+                out[key] = {k: v for k, v in out[key].items() if v is not None}
+        services[name] = out
+    networks = {name: {"driver": "overlay", **({"internal": True} if net.get("internal") else {})}
+                for name, net in config.get("networks", {}).items()}
+    document = {
+        "version": "3.9",
+        "services": services,
+        "networks": networks,
+        "volumes": {name: {} for name in sorted(volumes)},
+        "secrets": {name: {"external": True} for name in sorted(secrets)},
+        "configs": {name: {"external": True} for name in sorted(configs)},
+    }
+    return document, secrets, configs
+
+
+def subset(document: dict, names) -> dict:
+    """The stack file with only these services (and what they name)."""
+    if names is None:
+        return document
+    services = {n: s for n, s in document["services"].items() if n in names}
+    used = lambda key: {r["source"] for s in services.values() for r in s.get(key, [])}  # noqa: E731
+    return {
+        "version": document["version"],
+        "services": services,
+        "networks": {n: v for n, v in document["networks"].items() if any(n in s["networks"] for s in services.values())},
+        "volumes": {n: v for n, v in document["volumes"].items()
+                    if any(m.get("source") == n for s in services.values() for m in s.get("volumes", []))},
+        "secrets": {n: v for n, v in document["secrets"].items() if n in used("secrets")},
+        "configs": {n: v for n, v in document["configs"].items() if n in used("configs")},
+    }
+
+
+def write(stack: Stack, document: dict, name: str = "stack.yaml") -> Path:
+    target = STATE / stack.project / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("# Derived from compose.yaml + compose.swarm.yaml by scripts/lib/swarm.py; "
+                      "do not edit (`make swarm-up` rewrites it).\n"
+                      + yaml.safe_dump(document, sort_keys=False, width=120))
+    return target
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+def manager_info() -> dict:
+    info = client().info()
+    swarm = info.get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active":
+        raise Failure(f"this Docker Engine ({info.get('Name')}) is not part of a Swarm",
+                      "run this on a manager node (or set DOCKER_HOST to one); to make one: "
+                      "`docker swarm init` (README \"Several hosts\")")
+    if not swarm.get("ControlAvailable"):
+        raise Failure(f"{info.get('Name')} is a Swarm worker, not a manager",
+                      "run this on a manager node (`docker node ls` there lists the nodes)")
+    return info
+
+
+def nodes() -> list:
+    return client().nodes.list()
+
+
+def labelled(label: str) -> list:
+    return [n for n in nodes() if n.attrs["Spec"].get("Labels", {}).get(label) == "true"]
+
+
+def check_labels() -> None:
+    for role, label in NODE_LABELS.items():
+        found = labelled(label)
+        if not found:
+            raise Failure(f"no node is labelled {label}=true (the {role} node)",
+                          f"label one: docker node update --label-add {label}=true <node>  (`docker node ls`)")
+        if role == "db" and len(found) > 1:
+            raise Failure(f"{len(found)} nodes are labelled {label}=true; PostgreSQL and Redis keep their volumes "
+                          "on one node", f"keep the label on one: docker node update --label-rm {label} <node>")
+
+
+def create_missing(kind: str, wanted: dict[str, bytes], project: str) -> int:
+    collection = client().secrets if kind == "secret" else client().configs
+    have = {o.name for o in collection.list(filters={"label": f"{LABEL}={project}"})}
+    for name, data in wanted.items():
+        if name not in have:
+            collection.create(name=name, data=data, labels={LABEL: project})
+    return len(set(wanted) - have)
+
+
+def prune(kind: str, keep: set[str], project: str) -> None:
+    """Remove this stack's secrets or configs that no service names any more (one still used by a
+    task that is stopping stays until the next deploy)."""
+    import docker.errors
+
+    collection = client().secrets if kind == "secret" else client().configs
+    for o in collection.list(filters={"label": f"{LABEL}={project}"}):
+        if o.name not in keep:
+            try:
+                o.remove()
+            except docker.errors.APIError:
+                pass
+
+
+def deploy(stack: Stack, document: dict, prune_services: bool) -> None:
+    path = write(stack, document, "stack.partial.yaml" if not prune_services else "stack.yaml")
+    run_cli("stack", "deploy", "--resolve-image", "never", *(["--prune"] if prune_services else []),
+            "-c", str(path), stack.project)
+
+
+def services(project: str) -> dict:
+    """This stack's services by short name (tiled, haproxy, …)."""
+    found = client().services.list(filters={"label": f"com.docker.stack.namespace={project}"})
+    return {s.name.removeprefix(f"{project}_"): s for s in found}
+
+
+def leftovers(project: str) -> list[str]:
+    """What `docker stack rm` has not removed yet: services and networks of the stack."""
+    label = {"label": f"com.docker.stack.namespace={project}"}
+    return ([f"service {s.name}" for s in client().services.list(filters=label)]
+            + [f"network {n.name}" for n in client().networks.list(filters=label)])
+
+
+def tasks(service, desired: str | None = "running") -> list[dict]:
+    filters = {"desired-state": desired} if desired else {}
+    return service.tasks(filters=filters)
+
+
+def node_names() -> dict[str, str]:
+    return {n.id: n.attrs["Description"]["Hostname"] for n in nodes()}
+
+
+def problems(service) -> list[str]:
+    """Why the service's newest tasks (one per replica slot or node) are not running, e.g. no
+    such image on a node."""
+    names = node_names()
+    newest = {}
+    for t in sorted(service.tasks(), key=lambda t: t["Version"]["Index"]):
+        newest[t.get("Slot") or t.get("NodeID")] = t
+    return [f"{names.get(t.get('NodeID'), '?')}: {t['Status']['State']}: {t['Status']['Err']}"
+            for t in newest.values() if t["Status"].get("Err")]
+
+
+def running_tasks(service) -> list[dict]:
+    return [t for t in tasks(service) if t["Status"]["State"] == "running"]
+
+
+def pending(project: str, names) -> list[str]:
+    """What keeps the named services from running what they ask for (replicas, one per
+    labelled node, or a job's newest task complete), with the newest task errors."""
+    found = []
+    for name, service in services(project).items():
+        if names is not None and name not in names:
+            continue
+        spec = service.attrs["Spec"]
+        current = service.tasks()
+        if spec["TaskTemplate"].get("RestartPolicy", {}).get("Condition") == "on-failure":  # a one-shot job
+            newest = max(current, key=lambda t: t["Version"]["Index"], default=None)
+            state = newest["Status"]["State"] if newest else "no task yet"
+            if state != "complete":
+                found.append(f"{name} {state}" + "".join(f" [{p}]" for p in problems(service)[:1]))
+            continue
+        want = (spec["Mode"]["Replicated"]["Replicas"] if "Replicated" in spec["Mode"]
+                else len(labelled(NODE_LABELS["frontdoor"])))
+        running = [t for t in current if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+        stopping = [t for t in current if t["DesiredState"] != "running" and t["Status"]["State"] == "running"]
+        update = (service.attrs.get("UpdateStatus") or {}).get("State")
+        if len(running) != want or stopping or update in ("updating", "rollback_started"):
+            errors = problems(service)[:1] if len(running) < want else []
+            found.append(f"{name} {len(running)}/{want} running" + (f", update {update}" if update else "")
+                         + "".join(f" [{p}]" for p in errors))
+    return found
+
+
+def until_converged(project: str, names, timeout: float = 300) -> None:
+    until(lambda: pending(project, names), timeout, "the stack did not converge",
+          "`docker service ps --no-trunc <project>_<service>` on the manager says why; a node without the "
+          "images needs `make images-load BUNDLE=…` there")
+
+
+def run_cli(*args: str) -> None:
+    """The Docker CLI (stack deploy has no API of its own), on the engine DOCKER_HOST names."""
+    done = subprocess.run(["docker", *args], text=True, capture_output=True)
+    if done.returncode:
+        raise Failure(f"`docker {' '.join(args)}` failed: {(done.stderr or done.stdout).strip()[-800:]}",
+                      "read the error above; `make swarm-status` shows the stack")
+
+
+def frontdoor_address(project: str) -> str:
+    """The address of a node running HAProxy (its ports are published there)."""
+    haproxy = services(project).get("haproxy")
+    if haproxy:
+        for t in running_tasks(haproxy):
+            return client().nodes.get(t["NodeID"]).attrs["Status"]["Addr"]
+    raise Failure(f"no HAProxy task of stack {project} is running", "`make swarm-status`; then `make swarm-up`")
+
+
+def stats_url(stack: Stack) -> str:
+    return f"http://{frontdoor_address(stack.project)}:{stack.stats_port}"
+
+
+def url(stack: Stack) -> str:
+    return f"{stack.scheme}://{frontdoor_address(stack.project)}:{stack.port}"
+
+
+def say_converged(project: str) -> None:
+    names = node_names()
+    for name, service in sorted(services(project).items()):
+        per_node = {}
+        for t in running_tasks(service):
+            per_node[names.get(t["NodeID"], "?")] = per_node.get(names.get(t["NodeID"], "?"), 0) + 1
+        where = ", ".join(f"{n}×{c}" for n, c in sorted(per_node.items()))
+        if not where:  # a one-shot job (tiled-init), or nothing running
+            newest = max(service.tasks(), key=lambda t: t["Version"]["Index"], default=None)
+            where = f"no task running (newest: {newest['Status']['State'] if newest else 'none'})"
+        note(f"{name:<11} {where}")
