@@ -53,7 +53,7 @@ def test_missing_env_file_is_a_clear_error(env_path):
 
 
 def test_example_documents_every_variable_compose_reads():
-    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "compose.yaml").read_text()))
+    used = {v for f in ("compose.yaml", "compose.swarm.yaml") for v in re.findall(r"\$\{([A-Z_]+)", (ROOT / f).read_text())}
     example = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^#?([A-Z_]+)=", example, re.M))
     assert used <= documented, f"undocumented in .env.example: {sorted(used - documented)}"
