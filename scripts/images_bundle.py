@@ -8,7 +8,7 @@
                         differs), load it into the engine DOCKER_HOST names (default: this
                         host's), then check that every tag names the image ID of the manifest
 
-Run `load` on (or with DOCKER_HOST=ssh://… towards) every node of a Swarm.
+Run `load` on every node of a Swarm (DOCKER_HOST=tcp://… or unix://… names another engine).
 """
 
 import datetime

@@ -24,7 +24,8 @@ from pathlib import Path
 import yaml
 
 from scripts import env_file
-from scripts.lib.compose import ROOT, STATE, Stack, compose_command
+from scripts.lib import compose
+from scripts.lib.compose import ROOT, Stack, compose_command
 from scripts.lib.docker_api import client
 from scripts.lib.say import Failure, note
 from scripts.lib.wait import until
@@ -160,7 +161,7 @@ def subset(document: dict, names) -> dict:
 
 
 def write(stack: Stack, document: dict, name: str = "stack.yaml") -> Path:
-    target = STATE / stack.project / name
+    target = compose.STATE / stack.project / name  # (the fast tests move STATE)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("# Derived from compose.yaml + compose.swarm.yaml by scripts/lib/swarm.py; "
                       "do not edit (`make swarm-up` rewrites it).\n"
