@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 SOURCE = "/etc/haproxy/tls/tiled.pem"
+SWARM_SOURCE = "/run/secrets/tiled.pem"  # on Docker Swarm, a Docker secret (scripts/lib/swarm.py)
 SERVED = "/run/haproxy/tiled.pem"
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 CONFIG = "/etc/haproxy/haproxy.cfg"
@@ -37,14 +38,15 @@ def fail(message: str) -> None:
 
 
 def read_certificate() -> bytes:
+    source = SWARM_SOURCE if os.path.exists(SWARM_SOURCE) else SOURCE
     try:
-        with open(SOURCE, "rb") as f:
+        with open(source, "rb") as f:
             pem = f.read()
     except OSError as err:
-        fail(f"TILED_TLS=on but {SOURCE} cannot be read ({err.strerror}): run `make up`, "
+        fail(f"TILED_TLS=on but {source} cannot be read ({err.strerror}): run `make up` (or `make swarm-up`), "
              "which creates the certificate or copies TILED_TLS_CERT there")
     if b"PRIVATE KEY-----" not in pem or b"BEGIN CERTIFICATE" not in pem:
-        fail(f"{SOURCE} must hold the certificate chain and its private key in one PEM")
+        fail(f"{source} must hold the certificate chain and its private key in one PEM")
     # No blank lines or CRs: a blank line ends an admin-socket payload.
     return b"\n".join(line for line in pem.replace(b"\r", b"").split(b"\n") if line.strip()) + b"\n"
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from scripts import env_file
-from scripts.lib import haproxy_stats, swarm
+from scripts.lib import haproxy_stats, swarm, tls
 from scripts.lib.compose import Stack
 from scripts.lib.say import Failure, note, ok, run_main, step
 from scripts.lib.wait import until
@@ -46,7 +46,9 @@ def up() -> None:
     info = swarm.manager_info()
     step(f"deploying stack {stack.project} from manager {info['Name']} ({len(swarm.nodes())} nodes)")
     swarm.check_labels()
+    swarm.check_tls(stack)
     check_arrays_folder(stack)
+    ca = tls.ensure(stack.values, stack.env_path)
     if not swarm.services(stack.project):  # networks of a `make swarm-down` still going
         until(lambda: swarm.leftovers(stack.project), 120, "the last removal of the stack did not finish",
               "`docker network ls` on the manager shows what is left")
@@ -65,6 +67,7 @@ def up() -> None:
     swarm.say_converged(stack.project)
     ok(f"stack {stack.project} is up at {swarm.url(stack)} in {time.monotonic() - started:.0f}s "
        f"({stack.replicas} replicas behind HAProxy)")
+    tls.trust_hint(ca, swarm.url(stack))
     note("next:      make swarm-status | make swarm-scale N=… | make swarm-rollout | make swarm-down")
 
 

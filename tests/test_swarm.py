@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 from scripts import env_file
-from scripts.lib import swarm
+from scripts.lib import swarm, tls
 from scripts.lib.compose import Stack
 from scripts.lib.say import Failure
 
@@ -91,11 +91,31 @@ def test_a_stage_holds_only_what_its_services_name(derived):
     assert all("redis_password" in n or "postgres" in n or "db_password" in n for n in databases["secrets"])
 
 
-def test_without_the_shared_array_folder_or_with_tls_on_it_says_what_to_set(env_path, monkeypatch):
+def test_without_the_shared_array_folder_or_tls_it_says_what_to_set(env_path):
     env_path.write_text("COMPOSE_PROJECT_NAME=site\n")
     stack = Stack(env_file.ensure())
     with pytest.raises(Failure, match="TILED_ARRAYS_PATH"):
         swarm.render(stack)
-    env_path.write_text(env_path.read_text() + "TILED_ARRAYS_PATH=/x\nTILED_TLS=on\n")
-    with pytest.raises(Failure, match="TILED_TLS=external"):
-        swarm.render(Stack())
+    with pytest.raises(Failure, match="in clear text") as refused:  # TILED_TLS=off: the port is on the network
+        swarm.check_tls(stack)
+    assert "TILED_TLS=on" in refused.value.next_step and "TILED_TLS_NAMES" in refused.value.next_step
+    swarm.check_tls(Stack({**stack.values, "TILED_TLS": "external"}))
+
+
+def test_with_tls_on_the_certificate_is_a_docker_secret_for_haproxy_alone(env_path, tmp_path, monkeypatch):
+    env_path.write_text(f"COMPOSE_PROJECT_NAME=site\nTILED_ARRAYS_PATH={tmp_path}\nTILED_TLS=on\n"
+                        "TILED_TLS_NAMES=10.1.2.3,tiled.facility.org\n")
+    values = env_file.ensure()
+    tls.ensure(values, env_path)
+    monkeypatch.setattr(swarm, "image_id", lambda tag: "sha256:" + hashlib.sha256(tag.encode()).hexdigest())
+    stack = Stack(values)
+    swarm.check_tls(stack)
+    document, secrets, _ = swarm.stack_file(stack, swarm.render(stack))
+    haproxy = document["services"]["haproxy"]
+    (ref,) = [r for r in haproxy["secrets"] if r["target"] == "tiled.pem"]
+    assert b"PRIVATE KEY" in secrets[ref["source"]] and ref["mode"] == 0o400
+    assert "volumes" not in haproxy  # no folder of the manager's bound into a task on another node
+    assert "PRIVATE KEY" not in swarm.write(stack, document).read_text()
+    assert not [r for s in ("tiled", "postgres", "redis") for r in document["services"][s].get("secrets", [])
+                if r["source"] == ref["source"]]
+    assert sorted(p["published"] for p in haproxy["ports"]) == [8000, 8080, 8404]  # 8080: redirect to https

@@ -43,7 +43,7 @@ class Cluster:
     def __init__(self, lab: Lab, env_path: Path, api_key: str, project: str):
         self.lab, self.env_path, self.api_key, self.project = lab, env_path, api_key, project
         self.manager = lab.nodes[0]
-        self.url = f"http://{lab.addresses[self.manager]}:8000"
+        self.url = f"https://{lab.addresses[self.manager]}:8000"  # TILED_TLS=on, the CA in SSL_CERT_FILE
         self.stats_url = f"http://{lab.addresses[self.manager]}:8404"
         self.docker_host = lab.url(self.manager)
 
@@ -73,6 +73,11 @@ def build_node_image() -> None:
 
 @pytest.fixture(scope="module")
 def cluster(images, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from swarm_cluster(tmp_path_factory, monkeypatch)
+
+
+def swarm_cluster(tmp_path_factory, monkeypatch):
     started = time.monotonic()
     build_node_image()
     folder = tmp_path_factory.mktemp("swarm")
@@ -87,7 +92,10 @@ def cluster(images, tmp_path_factory):
         formed = time.monotonic()
         env_path = folder / ".env"
         env_path.write_text(f"COMPOSE_PROJECT_NAME={name}\nTILED_REPLICAS=3\nTILED_MAX_REPLICAS=8\n"
-                            f"TILED_ARRAYS_PATH={shared / 'arrays'}\nHAPROXY_AUTH_FAIL_LIMIT=1000000\n")
+                            f"TILED_ARRAYS_PATH={shared / 'arrays'}\nHAPROXY_AUTH_FAIL_LIMIT=1000000\n"
+                            f"TILED_TLS=on\nTILED_TLS_NAMES={lab.addresses[lab.nodes[0]]}\n")
+        # Every client here (httpx, Tiled's, the websockets) trusts the stack's own CA, as the README says.
+        monkeypatch.setenv("SSL_CERT_FILE", str(folder / "tls" / "ca.pem"))
         bundle = folder / "bundle" / "tiled-stack-images.tar"
         make("images-bundle", env_path, OUT=str(bundle))
         bundled = time.monotonic()

@@ -6,7 +6,8 @@ network) and compose.swarm.yaml are rendered by Compose v2 (`config`); then, for
     becomes a Docker secret, mounted at /run/secrets/<VARIABLE>, which the images read;
     its name carries a keyed hash of the value, so a changed value is a new secret and
     the services using it roll;
-  - files bound from this checkout (tiled/access/) become Docker configs the same way;
+  - files bound from this checkout (tiled/access/) become Docker configs the same way, and
+    HAProxy's certificate (TILED_TLS=on) a Docker secret;
   - images are named by ID, so that no node ever asks a registry (a tag makes Swarm try
     a pull first, even when the image is there);
   - mem_limit becomes deploy.resources.limits, shm_size a tmpfs on /dev/shm, published
@@ -42,10 +43,6 @@ STAGES = (("postgres", "redis"), ("tiled-init",), None)  # None: every service
 def render(stack: Stack) -> dict:
     """compose.yaml + overlays + compose.swarm.yaml, interpolated by Compose v2 (no profile: the
     monitoring and test identity-provider services stay single-host)."""
-    if stack.tls == "on":
-        raise Failure("TILED_TLS=on is single-host only for now: HAProxy's certificate is a file on this host",
-                      "on Swarm, terminate TLS in front of the stack and set TILED_TLS=external "
-                      "(README \"Several hosts\", Limits)")
     files = [arg for f in [*stack.files(), OVERLAY] for arg in ("-f", str(f))]
     done = subprocess.run([*compose_command(), *files, "--project-directory", str(ROOT), "-p", stack.project,
                            "--env-file", str(stack.env_path), "config", "--format", "json"],
@@ -54,6 +51,16 @@ def render(stack: Stack) -> dict:
         raise Failure(f"Compose could not render the stack: {done.stderr.strip()[-600:]}",
                       f"fix the setting it names in {stack.env_path}")
     return json.loads(done.stdout)
+
+
+def check_tls(stack: Stack) -> None:
+    """Secure by default, as `make up` is: HAProxy's port is on the front-door node's network."""
+    if stack.tls == "off":
+        raise Failure("on Swarm, HAProxy publishes TILED_PORT on the front-door node's network, and TLS is off: "
+                      "API keys would cross it in clear text",
+                      f"set TILED_TLS=on in {stack.env_path} (a certificate is made for you: list the names clients "
+                      "use for the front-door node in TILED_TLS_NAMES; or set TILED_TLS_CERT), or TILED_TLS=external "
+                      "if a proxy in front ends TLS")
 
 
 def versioned_name(stack: Stack, kind: str, name: str, data: bytes) -> str:
@@ -99,10 +106,14 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
             else:
                 environment[var] = "" if value is None else value
         out["environment"] = environment
-        if refs:
-            out["secrets"] = refs
         mounts, config_refs = [], []
         for v in svc.get("volumes") or []:
+            if v["type"] == "bind" and Path(v["source"]).resolve() == (stack.tls_dir / "served").resolve():  # TILED_TLS=on
+                for f in sorted(p for p in Path(v["source"]).iterdir() if p.is_file()):
+                    secret = versioned_name(stack, "secret", f"tls_{f.stem}", f.read_bytes())
+                    secrets[secret] = f.read_bytes()
+                    refs.append({"source": secret, "target": f.name, "mode": 0o400})
+                continue
             if v["type"] == "bind" and Path(v["source"]).is_relative_to(ROOT):
                 folder = Path(v["source"])
                 for f in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -120,6 +131,8 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
         out.pop("volumes", None)
         if mounts:
             out["volumes"] = mounts
+        if refs:
+            out["secrets"] = refs
         if config_refs:
             out["configs"] = config_refs
         if svc.get("ports"):
