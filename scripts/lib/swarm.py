@@ -205,12 +205,23 @@ def labelled(label: str) -> list:
     return [n for n in nodes() if n.attrs["Spec"].get("Labels", {}).get(label) == "true"]
 
 
+def available(node) -> bool:
+    """Up, and taking tasks (not drained or paused)."""
+    return node.attrs["Status"]["State"] == "ready" and node.attrs["Spec"].get("Availability") == "active"
+
+
 def check_labels() -> None:
     for role, label in NODE_LABELS.items():
         found = labelled(label)
         if not found:
             raise Failure(f"no node is labelled {label}=true (the {role} node)",
                           f"label one: docker node update --label-add {label}=true <node>  (`docker node ls`)")
+        if not any(available(n) for n in found):
+            names = ", ".join(n.attrs["Description"]["Hostname"] for n in found)
+            raise Failure(f"every node labelled {label}=true ({names}) is down, drained or paused",
+                          "bring it back (`docker node ls`; `docker node update --availability active <node>`)"
+                          + (": PostgreSQL's and Redis's volumes are on it" if role == "db" else
+                             ", or label another node"))
         if role == "db" and len(found) > 1:
             raise Failure(f"{len(found)} nodes are labelled {label}=true; PostgreSQL and Redis keep their volumes "
                           "on one node", f"keep the label on one: docker node update --label-rm {label} <node>")
@@ -298,7 +309,7 @@ def pending(project: str, names) -> list[str]:
                 found.append(f"{name} {state}" + "".join(f" [{p}]" for p in problems(service)[:1]))
             continue
         want = (spec["Mode"]["Replicated"]["Replicas"] if "Replicated" in spec["Mode"]
-                else len(labelled(NODE_LABELS["frontdoor"])))
+                else len([n for n in labelled(NODE_LABELS["frontdoor"]) if available(n)]))
         running = [t for t in current if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
         stopping = [t for t in current if t["DesiredState"] != "running" and t["Status"]["State"] == "running"]
         update = (service.attrs.get("UpdateStatus") or {}).get("State")
