@@ -19,31 +19,52 @@ import time
 from scripts import env_file
 from scripts.lib import haproxy_stats, swarm, tls
 from scripts.lib.compose import Stack
+from scripts.lib.docker_api import project_containers
 from scripts.lib.say import Failure, note, ok, run_main, step
 from scripts.lib.wait import until
 
 
 def until_haproxy_sees(stack: Stack, replicas: int, timeout: float = 120) -> None:
     url = swarm.stats_url(stack)
-    until(lambda: [] if haproxy_stats.up_count(url) == replicas else
-          [f"{haproxy_stats.up_count(url)}/{replicas} replicas UP in HAProxy"], timeout,
-          f"HAProxy ({url}/stats) did not see {replicas} replicas UP",
+
+    def short() -> list[str]:
+        up = haproxy_stats.up_count(url)
+        return [] if up == replicas else [f"{up}/{replicas} replicas UP in HAProxy"]
+
+    until(short, timeout,
+          f"HAProxy ({haproxy_stats.redacted(url)}/stats) did not see {replicas} replicas UP",
           "`make swarm-status` shows which are not; `docker service logs <project>_tiled` says why")
 
 
 def check_arrays_folder(stack: Stack) -> None:
-    path = stack.values.get("TILED_ARRAYS_PATH", "")
-    if path and os.path.isdir(path):
-        owner = os.stat(path).st_uid
-        if owner != 10001:
-            raise Failure(f"TILED_ARRAYS_PATH={path} is owned by uid {owner}; the replicas write as uid 10001",
-                          f"chown 10001:10001 {path} (on the shared filesystem, once)")
+    path, uid = stack.values.get("TILED_ARRAYS_PATH", ""), swarm.replica_uid()
+    if not path.startswith("/"):
+        raise Failure(f"TILED_ARRAYS_PATH={path!r} is not an absolute path",
+                      f"set it in {stack.env_path} to the array folder on the shared filesystem, the same path on "
+                      "every node (README \"Several hosts\")")
+    if not os.path.isdir(path):
+        note(f"{path} is not mounted on this manager; each node that runs a replica must have it")
+    elif os.stat(path).st_uid != uid:
+        raise Failure(f"TILED_ARRAYS_PATH={path} is owned by uid {os.stat(path).st_uid}; the replicas write as uid {uid}",
+                      f"chown {uid}:{uid} {path} (on the shared filesystem, once)")
+
+
+def check_replica_count(stack: Stack, replicas: int) -> None:
+    if not 1 <= replicas <= stack.max_replicas - 1:
+        raise Failure(f"{replicas} replicas: between 1 and TILED_MAX_REPLICAS - 1 ({stack.max_replicas - 1}; a "
+                      "rolling update starts one more, and HAProxy and PostgreSQL are sized for TILED_MAX_REPLICAS)",
+                      f"set TILED_REPLICAS (or N) lower, or raise TILED_MAX_REPLICAS in {stack.env_path}")
 
 
 def up() -> None:
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     stack = Stack(env_file.ensure())
     info = swarm.manager_info()
+    if project_containers(stack.project):
+        raise Failure(f"this engine also runs project {stack.project} with Compose (`make up`): two PostgreSQL "
+                      "servers would share one data volume", "`make down` first; README \"Several hosts\" says how "
+                      "to move a single-host stack onto a Swarm")
+    check_replica_count(stack, stack.replicas)
     step(f"deploying stack {stack.project} from manager {info['Name']} ({len(swarm.nodes())} nodes)")
     swarm.check_labels()
     swarm.check_tls(stack)
@@ -59,8 +80,12 @@ def up() -> None:
          f"stack file {swarm.write(stack, document)}")
     for names in swarm.STAGES:
         step(f"deploying {', '.join(names) if names else 'every service'}; waiting until it runs")
+        before = swarm.spec_fingerprints(stack.project)
         swarm.deploy(stack, swarm.subset(document, names), prune_services=names is None)
-        swarm.until_converged(stack.project, names)
+        if names == ("tiled-init",) and before.get("tiled-init") == swarm.spec_fingerprints(stack.project)["tiled-init"]:
+            # Its spec did not change, so no task started: run it again, as `make up` does every time.
+            swarm.run_cli("service", "update", "--detach", "--force", f"{stack.project}_tiled-init")
+        swarm.until_converged(stack.project, names, since, timeout=300 + 60 * stack.replicas)
     until_haproxy_sees(stack, stack.replicas)
     swarm.prune("secret", set(secrets), stack.project)
     swarm.prune("config", set(configs), stack.project)
@@ -82,14 +107,14 @@ def scale() -> None:
     stack = Stack()
     swarm.manager_info()
     raw = os.environ.get("N") or (sys.argv[2] if len(sys.argv) > 2 else "")
-    if not raw.isdigit() or not 1 <= int(raw) <= stack.max_replicas - 1:
-        raise Failure(f"N={raw!r} is not a replica count between 1 and TILED_MAX_REPLICAS - 1 "
-                      f"({stack.max_replicas - 1}: a rolling update starts one more)", "run e.g. `make swarm-scale N=4`")
-    target = int(raw)
+    if not raw.isdigit():
+        raise Failure(f"N={raw!r} is not a replica count", "run e.g. `make swarm-scale N=4`")
+    target, since = int(raw), time.time()
+    check_replica_count(stack, target)
     tiled_service(stack)
     step(f"scaling {stack.project}_tiled to {target} replicas")
     swarm.run_cli("service", "scale", "--detach", f"{stack.project}_tiled={target}")
-    swarm.until_converged(stack.project, ("tiled",))
+    swarm.until_converged(stack.project, ("tiled",), since)
     until_haproxy_sees(stack, target)
     swarm.say_converged(stack.project)
     ok(f"{target} replicas serving")
@@ -102,11 +127,10 @@ def rollout() -> None:
     swarm.manager_info()
     service = tiled_service(stack)
     replicas = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     step(f"replacing {replicas} replicas one at a time, each new one healthy before an old one stops")
     swarm.run_cli("service", "update", "--detach", "--force", f"{stack.project}_tiled")
-    time.sleep(2)  # the update's state appears on the service
-    swarm.until_converged(stack.project, ("tiled",), timeout=120 + 90 * replicas)
+    swarm.until_converged(stack.project, ("tiled",), since, timeout=120 + 90 * replicas)
     until_haproxy_sees(stack, replicas)
     ok(f"rolled out {replicas} replicas in {time.monotonic() - started:.0f}s")
 
@@ -123,7 +147,7 @@ def status() -> None:
         for problem in swarm.problems(service)[:3]:
             note(f"{name}: {problem}")
     url = swarm.stats_url(stack)
-    step(f"replicas as HAProxy sees them ({url}/stats, backend tiled_http)")
+    step(f"replicas as HAProxy sees them ({haproxy_stats.redacted(url)}/stats, user stats, backend tiled_http)")
     servers = haproxy_stats.servers(url)
     for s in servers:
         note(f"{s['name']:<11} {s['addr']:<16} {s['status']:<6} {s['sessions']} open requests")
@@ -134,8 +158,8 @@ def status() -> None:
 def down() -> None:
     stack = Stack()
     swarm.manager_info()
-    step(f"removing the services of stack {stack.project} (volumes, {stack.values.get('TILED_ARRAYS_PATH')} "
-         "and the Docker secrets stay)")
+    step(f"removing the services of stack {stack.project} (its volumes, the shared array folder and its Docker "
+         "secrets stay)")
     # `stack rm` returns at once; its networks go once every task has stopped (a rerun while
     # they go complains that they are not found: what is left decides).
     subprocess.run(["docker", "stack", "rm", stack.project], capture_output=True)

@@ -16,10 +16,14 @@ network) and compose.swarm.yaml are rendered by Compose v2 (`config`); then, for
 The result is Compose file format 3.9, written to .state/<project>/stack.yaml.
 """
 
+import datetime
 import hashlib
 import hmac
 import json
+import os
+import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -32,12 +36,27 @@ from scripts.lib.say import Failure, note
 from scripts.lib.wait import until
 
 OVERLAY = ROOT / "compose.swarm.yaml"
+ACCESS = ROOT / "tiled" / "access"  # bound into the replicas on one host; Docker configs on Swarm
 LABEL = "org.tiled-stack.stack"
-NODE_LABELS = {"db": "tiled-stack.db", "frontdoor": "tiled-stack.frontdoor"}
 # Keys of a rendered service that mean nothing to Swarm, or that are turned into others below.
 DROPPED = {"build", "depends_on", "restart", "profiles", "container_name", "mem_limit", "shm_size", "pull_policy"}
 # Deploy stages: each waits for the one before, as depends_on does on one host.
 STAGES = (("postgres", "redis"), ("tiled-init",), None)  # None: every service
+
+
+def constraint_label(service: str) -> str:
+    """The node label compose.swarm.yaml places a service by (`node.labels.<label> == true`)."""
+    (constraint,) = yaml.safe_load(OVERLAY.read_text())["services"][service]["deploy"]["placement"]["constraints"]
+    return re.fullmatch(r"node\.labels\.(\S+) == true", constraint).group(1)
+
+
+def node_labels() -> dict[str, str]:
+    return {"db": constraint_label("postgres"), "frontdoor": constraint_label("haproxy")}
+
+
+def replica_uid() -> int:
+    """The replicas' user (tiled/Dockerfile), who must own the shared array folder."""
+    return int(re.search(r"--uid (\d+)", (ROOT / "tiled" / "Dockerfile").read_text()).group(1))
 
 
 def render(stack: Stack) -> dict:
@@ -46,11 +65,19 @@ def render(stack: Stack) -> dict:
     files = [arg for f in [*stack.files(), OVERLAY] for arg in ("-f", str(f))]
     done = subprocess.run([*compose_command(), *files, "--project-directory", str(ROOT), "-p", stack.project,
                            "--env-file", str(stack.env_path), "config", "--format", "json"],
-                          text=True, capture_output=True, cwd=ROOT)
+                          text=True, capture_output=True, cwd=ROOT, env={**os.environ, "COMPOSE_PROFILES": ""})
     if done.returncode:
-        raise Failure(f"Compose could not render the stack: {done.stderr.strip()[-600:]}",
-                      f"fix the setting it names in {stack.env_path}")
-    return json.loads(done.stdout)
+        message = done.stderr.strip()[-600:]
+        for value in secret_values(stack).values():  # an interpolation error quotes the value
+            message = message.replace(value, "<secret>")
+        raise Failure(f"Compose could not render the stack: {message}", f"fix the setting it names in {stack.env_path}")
+    config = json.loads(done.stdout)
+    config["services"] = {n: s for n, s in config["services"].items() if not s.get("profiles")}
+    return config
+
+
+def secret_values(stack: Stack) -> dict[str, str]:
+    return {key: stack.values[key] for key in env_file.all_secrets() if stack.values.get(key)}
 
 
 def check_tls(stack: Stack) -> None:
@@ -64,11 +91,11 @@ def check_tls(stack: Stack) -> None:
 
 
 def versioned_name(stack: Stack, kind: str, name: str, data: bytes) -> str:
-    """<project>_<name>_<12 hex>: a keyed hash (HMAC, keyed by POSTGRES_PASSWORD), so that
-    a secret's name tells nothing about a weak password."""
+    """<project>_<name>_<12 hex>, within Swarm's 64 characters: a keyed hash (HMAC, keyed by
+    POSTGRES_PASSWORD), so that a secret's name tells nothing about a weak password."""
     key = (stack.values.get("POSTGRES_PASSWORD") or "").encode()
     digest = hmac.new(key, kind.encode() + b"\0" + name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
-    return f"{stack.project}_{name.lower()}_{digest[:12]}"
+    return f"{stack.project[:24]}_{name.lower()[:26]}_{digest[:12]}"
 
 
 def memory(limit) -> str:
@@ -87,8 +114,7 @@ def image_id(tag: str) -> str:
 
 def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict[str, bytes]]:
     """The stack file, and the secrets and configs it names (name → content)."""
-    secret_values = {key: stack.values[key] for key in env_file.all_secrets() if stack.values.get(key)}
-    by_value = {value: key for key, value in secret_values.items()}
+    by_value = {value: key for key, value in secret_values(stack).items()}
     secrets, configs, services, volumes = {}, {}, {}, set()
     for name, svc in config["services"].items():
         out = {k: v for k, v in svc.items() if k not in DROPPED and v not in (None, [], {})}
@@ -99,7 +125,9 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
             deploy.setdefault("resources", {}).setdefault("limits", {})["memory"] = memory(svc["mem_limit"])
         environment, refs = {}, []
         for var, value in (svc.get("environment") or {}).items():
-            if value and value in by_value:
+            raw = (value or "").replace("$$", "$")  # Compose's config escapes every $
+            if raw and raw in by_value:
+                value = raw
                 secret = versioned_name(stack, "secret", by_value[value], value.encode())
                 secrets[secret] = value.encode()
                 refs.append({"source": secret, "target": var, "mode": 0o444})
@@ -114,7 +142,7 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
                     secrets[secret] = f.read_bytes()
                     refs.append({"source": secret, "target": f.name, "mode": 0o400})
                 continue
-            if v["type"] == "bind" and Path(v["source"]).is_relative_to(ROOT):
+            if v["type"] == "bind" and Path(v["source"]).resolve() == ACCESS:
                 folder = Path(v["source"])
                 for f in sorted(p for p in folder.iterdir() if p.is_file()):
                     data = f.read_bytes()
@@ -122,6 +150,11 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
                     configs[cname] = data
                     config_refs.append({"source": cname, "target": f"{v['target']}/{f.name}", "mode": 0o444})
                 continue
+            if v["type"] == "bind" and Path(v["source"]).resolve().is_relative_to(ROOT):
+                raise Failure(f"{name}'s mount {v['source']} is inside this checkout, on the manager alone",
+                              f"every shared path ({v['target']}) must be on the shared filesystem, outside the "
+                              "checkout, at the same path on every node: fix TILED_ARRAYS_PATH or "
+                              "TILED_READABLE_STORAGE in " + str(stack.env_path))
             mount = {k: v[k] for k in ("type", "source", "target", "read_only") if k in v}
             if v["type"] == "volume":
                 volumes.add(v["source"])
@@ -174,11 +207,15 @@ def subset(document: dict, names) -> dict:
 
 
 def write(stack: Stack, document: dict, name: str = "stack.yaml") -> Path:
+    text = yaml.safe_dump(document, sort_keys=False, width=120)
+    leaked = [key for key, value in secret_values(stack).items() if value in text or value.replace("$", "$$") in text]
+    if leaked:
+        raise Failure(f"the stack file would hold the value of {', '.join(leaked)} in clear text (inside a longer "
+                      "setting?); nothing was deployed", "set that value only in its own variable of .env")
     target = compose.STATE / stack.project / name  # (the fast tests move STATE)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("# Derived from compose.yaml + compose.swarm.yaml by scripts/lib/swarm.py; "
-                      "do not edit (`make swarm-up` rewrites it).\n"
-                      + yaml.safe_dump(document, sort_keys=False, width=120))
+                      "do not edit (`make swarm-up` rewrites it).\n" + text)
     return target
 
 
@@ -211,7 +248,7 @@ def available(node) -> bool:
 
 
 def check_labels() -> None:
-    for role, label in NODE_LABELS.items():
+    for role, label in node_labels().items():
         found = labelled(label)
         if not found:
             raise Failure(f"no node is labelled {label}=true (the {role} node)",
@@ -230,18 +267,32 @@ def check_labels() -> None:
 def create_missing(kind: str, wanted: dict[str, bytes], project: str) -> int:
     collection = client().secrets if kind == "secret" else client().configs
     have = {o.name for o in collection.list(filters={"label": f"{LABEL}={project}"})}
+    import docker.errors
+
     for name, data in wanted.items():
         if name not in have:
-            collection.create(name=name, data=data, labels={LABEL: project})
+            try:
+                collection.create(name=name, data=data, labels={LABEL: project})
+            except docker.errors.APIError as err:
+                raise Failure(f"the manager refused {kind} {name}: {err.explanation}",
+                              "read the reason; `docker " + kind + " ls` lists what exists") from None
     return len(set(wanted) - have)
 
 
+def in_use(kind: str) -> set[str]:
+    """Secret or config names that any service's spec, or its previous one (a rollback's), names."""
+    key, field = ("Secrets", "SecretName") if kind == "secret" else ("Configs", "ConfigName")
+    return {ref[field] for s in client().services.list() for spec in (s.attrs["Spec"], s.attrs.get("PreviousSpec"))
+            if spec for ref in spec["TaskTemplate"]["ContainerSpec"].get(key) or []}
+
+
 def prune(kind: str, keep: set[str], project: str) -> None:
-    """Remove this stack's secrets or configs that no service names any more (one still used by a
-    task that is stopping stays until the next deploy)."""
+    """Remove this stack's secrets or configs that no service names any more, in its spec or its
+    previous spec (what a rollback would need)."""
     import docker.errors
 
     collection = client().secrets if kind == "secret" else client().configs
+    keep = keep | in_use(kind)
     for o in collection.list(filters={"label": f"{LABEL}={project}"}):
         if o.name not in keep:
             try:
@@ -293,35 +344,69 @@ def running_tasks(service) -> list[dict]:
     return [t for t in tasks(service) if t["Status"]["State"] == "running"]
 
 
-def pending(project: str, names) -> list[str]:
-    """What keeps the named services from running what they ask for (replicas, one per
-    labelled node, or a job's newest task complete), with the newest task errors."""
+def pending(project: str, names, since: float = 0) -> list[str]:
+    """What keeps the named services from running their *current* spec (a rerun's update included):
+    replicas, one per front-door node, or a job's task of this spec complete; with the newest
+    task errors. An update that Swarm paused or rolled back after `since` (Unix time) is a Failure."""
     found = []
     for name, service in services(project).items():
         if names is not None and name not in names:
             continue
         spec = service.attrs["Spec"]
-        current = service.tasks()
+        wanted = fingerprint(spec["TaskTemplate"])
+        current = [t for t in service.tasks() if fingerprint(t["Spec"]) == wanted]  # of this spec
+        status = service.attrs.get("UpdateStatus") or {}
+        update = status.get("State")
+        if update in ("paused", "rollback_paused", "rollback_completed") and changed_after(status, since):
+            raise Failure(f"Swarm {update.replace('_', ' ')} the update of {name}: {status.get('Message', '')}",
+                          f"`docker service ps --no-trunc {project}_{name}` says why a new task failed; fix it, "
+                          "then rerun")
         if spec["TaskTemplate"].get("RestartPolicy", {}).get("Condition") == "on-failure":  # a one-shot job
             newest = max(current, key=lambda t: t["Version"]["Index"], default=None)
-            state = newest["Status"]["State"] if newest else "no task yet"
+            state = newest["Status"]["State"] if newest else "no task of this spec yet"
             if state != "complete":
                 found.append(f"{name} {state}" + "".join(f" [{p}]" for p in problems(service)[:1]))
             continue
-        want = (spec["Mode"]["Replicated"]["Replicas"] if "Replicated" in spec["Mode"]
-                else len([n for n in labelled(NODE_LABELS["frontdoor"]) if available(n)]))
+        if "Replicated" in spec["Mode"]:
+            want = spec["Mode"]["Replicated"]["Replicas"]
+        else:  # global: one per front-door node that is up and not drained
+            want = len([n for n in labelled(node_labels()["frontdoor"])
+                        if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"].get("Availability") != "drain"])
+        every = service.tasks(filters={"desired-state": "running"})
         running = [t for t in current if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
-        stopping = [t for t in current if t["DesiredState"] != "running" and t["Status"]["State"] == "running"]
-        update = (service.attrs.get("UpdateStatus") or {}).get("State")
-        if len(running) != want or stopping or update in ("updating", "rollback_started"):
+        old = [t for t in every if fingerprint(t["Spec"]) != wanted]
+        if len(running) != want or old or update in ("updating", "rollback_started"):
             errors = problems(service)[:1] if len(running) < want else []
-            found.append(f"{name} {len(running)}/{want} running" + (f", update {update}" if update else "")
-                         + "".join(f" [{p}]" for p in errors))
+            found.append(f"{name} {len(running)}/{want} running" + (f", {len(old)} of the old spec" if old else "")
+                         + (f", update {update}" if update else "") + "".join(f" [{p}]" for p in errors))
     return found
 
 
-def until_converged(project: str, names, timeout: float = 300) -> None:
-    until(lambda: pending(project, names), timeout, "the stack did not converge",
+def fingerprint(task_spec: dict) -> str:
+    """What makes a task of one spec or another: image, environment, secrets, configs, mounts and
+    a forced update's counter."""
+    c = task_spec.get("ContainerSpec") or {}
+    return json.dumps([c.get("Image"), sorted(c.get("Env") or []), c.get("Args"), c.get("Command"),
+                       sorted(s["SecretName"] + ":" + s["File"]["Name"] for s in c.get("Secrets") or []),
+                       sorted(s["ConfigName"] + ":" + s["File"]["Name"] for s in c.get("Configs") or []),
+                       c.get("Mounts"), task_spec.get("ForceUpdate", 0)], sort_keys=True)
+
+
+def spec_fingerprints(project: str) -> dict[str, str]:
+    return {name: fingerprint(s.attrs["Spec"]["TaskTemplate"]) for name, s in services(project).items()}
+
+
+def changed_after(status: dict, since: float) -> bool:
+    stamp = status.get("CompletedAt") or status.get("StartedAt") or ""
+    try:
+        return datetime.datetime.fromisoformat(stamp[:26].rstrip("Z")).replace(
+            tzinfo=datetime.timezone.utc).timestamp() >= since
+    except ValueError:
+        return True
+
+
+def until_converged(project: str, names, since: float = 0, timeout: float = 300) -> None:
+    until(lambda: pending(project, names, since), timeout, "the stack did not converge",
           "`docker service ps --no-trunc <project>_<service>` on the manager says why; a node without the "
           "images needs `make images-load BUNDLE=…` there")
 
@@ -344,7 +429,9 @@ def frontdoor_address(project: str) -> str:
 
 
 def stats_url(stack: Stack) -> str:
-    return f"http://{frontdoor_address(stack.project)}:{stack.stats_port}"
+    """HAProxy's stats page with its login (haproxy_stats sends it as Basic auth; print it redacted)."""
+    password = urllib.parse.quote(stack.values.get("HAPROXY_STATS_PASSWORD", ""), safe="")
+    return f"http://stats:{password}@{frontdoor_address(stack.project)}:{stack.stats_port}"
 
 
 def url(stack: Stack) -> str:
