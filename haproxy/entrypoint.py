@@ -74,7 +74,18 @@ def admin(command: bytes) -> str:
         return s.makefile("rb").read().decode()
 
 
+def secrets_into_environment() -> None:
+    """On Docker Swarm, secrets are files: /run/secrets/<VARIABLE> (tiled.pem is read above)."""
+    folder = os.path.dirname(SWARM_SOURCE)
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.isupper():
+                with open(os.path.join(folder, name)) as f:
+                    os.environ.setdefault(name, f.read())
+
+
 def start() -> None:
+    secrets_into_environment()
     if os.environ.get("TILED_TLS") == "on":
         keep(read_certificate())
     if os.getuid() == 0:

@@ -1,7 +1,10 @@
 """What HAProxy sees: its server slots for the Tiled replicas, read from the stats CSV."""
 
+import base64
 import csv
 import io
+import re
+import urllib.parse
 import urllib.request
 
 from scripts.lib.say import Failure
@@ -11,14 +14,24 @@ BACKEND = "tiled_http"
 REPLICA_BACKENDS = ("tiled_http", "tiled_stream", "tiled_front_door")
 
 
+def redacted(url: str) -> str:
+    """The URL without its login (user:password@), for messages."""
+    return re.sub(r"//[^@/]*@", "//", url)
+
+
 def servers(stats_url: str, backend: str = BACKEND) -> list[dict]:
-    """Slots with an address (a replica behind them), each with name, addr and status."""
+    """Slots with an address (a replica behind them), each with name, addr and status.
+    A login in the URL (Swarm: stats:<HAPROXY_STATS_PASSWORD>@) is sent as Basic auth."""
+    request = urllib.request.Request(f"{redacted(stats_url)}/stats;csv")
+    login = re.match(r"\w+://([^@/]*)@", stats_url)
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(urllib.parse.unquote(login.group(1)).encode()).decode())
     try:
-        with urllib.request.urlopen(f"{stats_url}/stats;csv", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             text = response.read().decode()
     except OSError as err:
-        raise Failure(f"HAProxy's stats page at {stats_url}/stats does not answer ({err})",
-                      "check `make status`; is the haproxy service running?") from None
+        raise Failure(f"HAProxy's stats page at {redacted(stats_url)}/stats does not answer ({err})",
+                      "check `make status` (on Swarm, `make swarm-status`); is the haproxy service running?") from None
     rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
     return [
         {"name": row["svname"], "addr": row["addr"].rsplit(":", 1)[0], "status": row["status"],
