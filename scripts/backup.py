@@ -152,7 +152,7 @@ def main() -> None:
                             "When the last `make backup` succeeded (Unix time).", round(time.time()))
     ok(f"backup of {counts['catalog_nodes']} catalog nodes written: {target} ({size:.1f} MiB)")
     if on_swarm:
-        print("  restore: `make restore` is single-host; on Swarm, README \"Several hosts\" says how")
+        print("  restore: `make restore` is single-host; on Swarm, docs/swarm.md (Limits) says how")
     else:
         print(f"  restore into an empty stack with: make restore BACKUP={target}")
 

@@ -56,6 +56,9 @@ def main() -> None:
     source, manifest = checked_backup()
     stack = Stack()
     postgres, replica = running(stack.project, "postgres"), running(stack.project, "tiled")
+    if "com.docker.stack.namespace" in postgres.labels:
+        raise Failure(f"project {stack.project} runs on Docker Swarm here: `make restore` is single-host",
+                      "restore on one host, or by hand on Swarm (docs/swarm.md, Limits)")
     nodes = int(sql(postgres, "tiled_catalog", "select count(*) from nodes where id <> 0"))
     if (nodes or arrays_in_use(stack, replica)) and os.environ.get("FORCE") != "1":
         raise Failure(f"project {stack.project} already holds data ({nodes} catalog nodes besides the root, "

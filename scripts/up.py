@@ -10,7 +10,7 @@ import time
 from scripts import build_images, env_file
 from scripts.lib import monitoring, timings, tls, wait
 from scripts.lib.compose import Stack
-from scripts.lib.docker_api import project_containers
+from scripts.lib.docker_api import project_containers, swarm_task_containers
 from scripts.lib.say import Failure, note, ok, run_main, step
 
 
@@ -43,6 +43,10 @@ def check_port_free(stack: Stack, address: str, port: int, key: str, service: st
 def main() -> None:
     started = time.monotonic()
     stack = Stack(env_file.ensure())
+    if swarm_task_containers(stack.project):
+        raise Failure(f"this engine runs tasks of the Swarm stack {stack.project}: a second PostgreSQL would share "
+                      "its data volume", "use `make swarm-up` on the manager (README \"Several hosts\"), or another "
+                      "COMPOSE_PROJECT_NAME")
     tls.check_exposure(stack.values, stack.env_path)
     check_port_free(stack, stack.bind_address, stack.port, "TILED_PORT")
     if stack.http_port:
