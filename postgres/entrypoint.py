@@ -25,7 +25,6 @@ STAGING = os.path.join(PGDATA, ".first-start")
 HEADROOM = 20  # tiled-init, backups, psql sessions, superuser_reserved_connections
 
 
-
 def secrets_into_environment() -> None:
     """On Docker Swarm the secrets arrive as files, /run/secrets/<VARIABLE> (compose.swarm.yaml)."""
     folder = "/run/secrets"
@@ -33,6 +32,7 @@ def secrets_into_environment() -> None:
         for name in os.listdir(folder):
             with open(os.path.join(folder, name)) as f:
                 os.environ.setdefault(name, f.read())
+
 
 def max_connections() -> int:
     """Enough for TILED_MAX_REPLICAS replicas at full pool + overflow (compose.yaml x-pools)."""

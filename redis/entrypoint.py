@@ -13,7 +13,6 @@ import tempfile
 MONITOR_COMMANDS = "+ping +info +client|setname +latency|latest +memory|stats +slowlog|len +select +cluster|info"
 
 
-
 def secrets_into_environment() -> None:
     """On Docker Swarm the secrets arrive as files, /run/secrets/<VARIABLE> (compose.swarm.yaml)."""
     folder = "/run/secrets"
@@ -21,6 +20,7 @@ def secrets_into_environment() -> None:
         for name in os.listdir(folder):
             with open(os.path.join(folder, name)) as f:
                 os.environ.setdefault(name, f.read())
+
 
 def main() -> None:
     password = os.environ.get("REDIS_PASSWORD")

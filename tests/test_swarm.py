@@ -119,3 +119,35 @@ def test_with_tls_on_the_certificate_is_a_docker_secret_for_haproxy_alone(env_pa
     assert not [r for s in ("tiled", "postgres", "redis") for r in document["services"][s].get("secrets", [])
                 if r["source"] == ref["source"]]
     assert sorted(p["published"] for p in haproxy["ports"]) == [8000, 8080, 8404]  # 8080: redirect to https
+    # The stats port is on the network too: its login is a secret of HAProxy's.
+    assert "HAPROXY_STATS_PASSWORD" in {r["target"] for r in haproxy["secrets"]}
+
+
+def test_an_operator_secret_with_dollars_becomes_a_secret_and_a_profile_stays_out(env_path, tmp_path, monkeypatch):
+    env_path.write_text(f"COMPOSE_PROJECT_NAME=a-facility-with-a-long-project-name\nTILED_ARRAYS_PATH={tmp_path}\n"
+                        "TILED_AUTH=ldap\nTILED_LDAP_URI=ldap://ldap.facility.org\nTILED_LDAP_BIND_DN_TEMPLATE=uid={username},ou=people\n"
+                        "TILED_LDAP_SEARCH_PASSWORD='pa$$word$1'\nCOMPOSE_PROFILES=idp,monitoring\n")
+    values = env_file.ensure()
+    monkeypatch.setattr(swarm, "image_id", lambda tag: "sha256:" + hashlib.sha256(tag.encode()).hexdigest())
+    stack = Stack(values)
+    document, secrets, _ = swarm.stack_file(stack, swarm.render(stack))
+    assert set(document["services"]) == {"haproxy", "tiled", "tiled-init", "postgres", "redis"}
+    assert "pa$$word$1".encode() in secrets.values()
+    text = swarm.write(stack, document).read_text()
+    assert "pa$" not in text
+    assert all(len(name) <= 64 for name in secrets)  # Swarm's limit on a secret's name
+
+
+def test_a_mount_inside_the_checkout_or_a_secret_inside_a_setting_is_refused(env_path, monkeypatch):
+    monkeypatch.setattr(swarm, "image_id", lambda tag: "sha256:" + "0" * 64)
+    env_path.write_text(f"COMPOSE_PROJECT_NAME=site\nTILED_ARRAYS_PATH={ROOT / 'data' / 'arrays'}\n")
+    stack = Stack(env_file.ensure())
+    with pytest.raises(Failure, match="inside this checkout"):
+        swarm.stack_file(stack, swarm.render(stack))
+    values = env_file.parse(env_path.read_text())
+    env_path.write_text(env_path.read_text().replace(str(ROOT / "data"), "/gpfs")
+                        + f"TILED_LDAP_URI=ldap://reader:{values['REDIS_PASSWORD']}@ldap\n")
+    stack = Stack()
+    document, _, _ = swarm.stack_file(stack, swarm.render(stack))
+    with pytest.raises(Failure, match="REDIS_PASSWORD in clear text"):
+        swarm.write(stack, document)

@@ -44,8 +44,14 @@ class Cluster:
         self.lab, self.env_path, self.api_key, self.project = lab, env_path, api_key, project
         self.manager = lab.nodes[0]
         self.url = f"https://{lab.addresses[self.manager]}:8000"  # TILED_TLS=on, the CA in SSL_CERT_FILE
-        self.stats_url = f"http://{lab.addresses[self.manager]}:8404"
+        self.stats_page = f"http://{lab.addresses[self.manager]}:8404"
+        self.stats_url = self.stats_page  # with its login, once .env exists (login())
         self.docker_host = lab.url(self.manager)
+
+    def login(self) -> None:
+        values = env_file.parse(self.env_path.read_text())
+        self.api_key = values["TILED_SINGLE_USER_API_KEY"]
+        self.stats_url = self.stats_page.replace("http://", f"http://stats:{values['HAPROXY_STATS_PASSWORD']}@")
 
     def make(self, target: str, *args: str, **env) -> str:
         return make(target, self.env_path, *args, DOCKER_HOST=self.docker_host, **env).stdout
@@ -114,7 +120,7 @@ def swarm_cluster(tmp_path_factory, monkeypatch):
         cluster = Cluster(lab, env_path, "", name)
         cluster.bundle = bundle
         cluster.make("swarm-up")
-        cluster.api_key = env_file.parse(env_path.read_text())["TILED_SINGLE_USER_API_KEY"]
+        cluster.login()
         print(f"\nSwarm of {NODES} nodes formed in {formed - started:.0f}s (node image included); bundle "
               f"{bundle.stat().st_size / 2**20:.0f} MiB written in {bundled - formed:.0f}s, loaded into "
               f"{NODES} nodes at once in {loaded - bundled:.0f}s; make swarm-up {time.monotonic() - loaded:.0f}s")
@@ -128,6 +134,7 @@ def swarm_cluster(tmp_path_factory, monkeypatch):
                 pass
         lab.remove()
         shutil.rmtree(ROOT / ".state" / name, ignore_errors=True)  # the stack file make swarm-up wrote
+        shutil.rmtree(folder / "bundle", ignore_errors=True)  # 1.8 GB; pytest keeps its last three runs
 
 
 def served_by(cluster: Cluster, path: str, n: int) -> list[tuple[str, bytes]]:
@@ -156,6 +163,10 @@ def test_deployed_across_nodes_with_secrets_out_of_the_environment(cluster):
         assert spec["Image"].startswith("sha256:"), f"{service.name} names its image by tag: {spec['Image']}"
     status = cluster.make("swarm-status")
     assert "3 UP of 3 discovered" in status, status
+    assert env_file.parse(cluster.env_path.read_text())["HAPROXY_STATS_PASSWORD"] not in status  # login not printed
+    # The stats port is on the node's network here: no page without the login.
+    assert httpx.get(f"{cluster.stats_page}/stats").status_code == 401
+    assert httpx.get(f"{cluster.stats_page}/metrics").status_code == 401
 
 
 def test_a_scan_reads_back_equal_and_its_frames_from_every_node(cluster):
