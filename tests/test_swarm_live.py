@@ -251,6 +251,29 @@ def test_a_rolling_update_under_load_fails_no_request(cluster):
     assert sorted(keys) == sorted(creates)
 
 
+def test_swarm_up_after_a_changed_secret_returns_once_every_replica_has_it_and_fails_no_request(cluster):
+    old = env_file.parse(cluster.env_path.read_text())["TILED_METRICS_KEY"]
+    cluster.env_path.write_text(cluster.env_path.read_text().replace(f"TILED_METRICS_KEY={old}",
+                                                                     f"TILED_METRICS_KEY={secrets.token_hex(32)}"))
+    before = {t["ID"] for t in cluster.tiled_tasks()}
+    reads, creates, keys, took = under_load(cluster, lambda: cluster.make("swarm-up"))
+
+    def metrics_secret(spec):
+        return {s["SecretName"] for s in spec["ContainerSpec"]["Secrets"] if s["File"]["Name"] == "TILED_METRICS_KEY"}
+
+    service = cluster.lab.engine(cluster.manager).services.get(f"{cluster.project}_tiled")
+    wanted = metrics_secret(service.attrs["Spec"]["TaskTemplate"])
+    tasks = cluster.tiled_tasks()
+    print(f"\nmake swarm-up with a changed secret took {took:.0f}s; during it {len(reads)} reads "
+          f"{dict(Counter(map(str, reads)))}, {len(creates)} creates {dict(Counter(map(str, creates.values())))}")
+    assert wanted != metrics_secret(service.attrs["PreviousSpec"]["TaskTemplate"])  # a new Docker secret
+    assert len(tasks) == 3 and all(metrics_secret(t["Spec"]) == wanted for t in tasks), "returned before the update"
+    assert not {t["ID"] for t in tasks} & before
+    assert set(reads) == {200}
+    assert set(creates.values()) == {200}
+    assert sorted(keys) == sorted(creates)
+
+
 def test_scaling_3_to_6_and_back_under_load_fails_no_request(cluster):
     seen = {}
 
