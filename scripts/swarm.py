@@ -74,10 +74,10 @@ def up() -> None:
         until(lambda: swarm.leftovers(stack.project), 120, "the last removal of the stack did not finish",
               "`docker network ls` on the manager shows what is left")
     document, secrets, configs = swarm.stack_file(stack, swarm.render(stack))
+    path = swarm.write(stack, document)  # first: it refuses a secret left in clear text
     made = swarm.create_missing("secret", secrets, stack.project) + swarm.create_missing("config", configs,
                                                                                           stack.project)
-    note(f"{len(secrets)} Docker secrets and {len(configs)} configs ({made} new); "
-         f"stack file {swarm.write(stack, document)}")
+    note(f"{len(secrets)} Docker secrets and {len(configs)} configs ({made} new); stack file {path}")
     for names in swarm.STAGES:
         step(f"deploying {', '.join(names) if names else 'every service'}; waiting until it runs")
         before = swarm.spec_fingerprints(stack.project)
