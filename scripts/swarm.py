@@ -57,7 +57,7 @@ def check_replica_count(stack: Stack, replicas: int) -> None:
 
 
 def up() -> None:
-    started, since = time.monotonic(), time.time()
+    started, since = time.monotonic(), swarm.manager_time()
     stack = Stack(env_file.ensure())
     info = swarm.manager_info()
     if project_containers(stack.project):
@@ -109,7 +109,7 @@ def scale() -> None:
     raw = os.environ.get("N") or (sys.argv[2] if len(sys.argv) > 2 else "")
     if not raw.isdigit():
         raise Failure(f"N={raw!r} is not a replica count", "run e.g. `make swarm-scale N=4`")
-    target, since = int(raw), time.time()
+    target, since = int(raw), swarm.manager_time()
     check_replica_count(stack, target)
     tiled_service(stack)
     step(f"scaling {stack.project}_tiled to {target} replicas")
@@ -127,7 +127,7 @@ def rollout() -> None:
     swarm.manager_info()
     service = tiled_service(stack)
     replicas = service.attrs["Spec"]["Mode"]["Replicated"]["Replicas"]
-    started, since = time.monotonic(), time.time()
+    started, since = time.monotonic(), swarm.manager_time()
     step(f"replacing {replicas} replicas one at a time, each new one healthy before an old one stops")
     swarm.run_cli("service", "update", "--detach", "--force", f"{stack.project}_tiled")
     swarm.until_converged(stack.project, ("tiled",), since, timeout=120 + 90 * replicas)

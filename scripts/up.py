@@ -43,7 +43,7 @@ def check_port_free(stack: Stack, address: str, port: int, key: str, service: st
 def main() -> None:
     started = time.monotonic()
     stack = Stack(env_file.ensure())
-    if swarm_task_containers(stack.project):
+    if swarm_task_containers(stack.project, all=True):
         raise Failure(f"this engine runs tasks of the Swarm stack {stack.project}: a second PostgreSQL would share "
                       "its data volume", "use `make swarm-up` on the manager (README \"Several hosts\"), or another "
                       "COMPOSE_PROJECT_NAME")

@@ -169,7 +169,7 @@ def test_deployed_across_nodes_with_secrets_out_of_the_environment(cluster):
     assert httpx.get(f"{cluster.stats_page}/metrics").status_code == 401
 
 
-def test_a_scan_reads_back_equal_and_its_frames_from_every_node(cluster):
+def test_a_scan_reads_back_equal_and_its_frames_from_replicas_on_two_nodes_or_more(cluster):
     documents = []
     scan_uid, count_uid = acquire(cluster.url, cluster.api_key, points=9, frames=4, documents=documents)
     run = from_uri(cluster.url, api_key=cluster.api_key)[scan_uid]

@@ -27,12 +27,12 @@ def project_containers(project: str, service: str | None = None, all: bool = Tru
     return client().containers.list(all=all, filters={"label": labels})
 
 
-def swarm_task_containers(project: str, service: str | None = None):
-    """The containers of stack `project`'s tasks that run on this engine's node (Docker Swarm)."""
+def swarm_task_containers(project: str, service: str | None = None, all: bool = False):
+    """The containers of stack `project`'s tasks on this engine's node (Docker Swarm)."""
     labels = [f"com.docker.stack.namespace={project}"]
     if service:
         labels.append(f"com.docker.swarm.service.name={project}_{service}")
-    return client().containers.list(filters={"label": labels})
+    return client().containers.list(all=all, filters={"label": labels})
 
 
 def running(project: str, service: str):

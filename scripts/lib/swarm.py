@@ -36,7 +36,7 @@ from scripts.lib.say import Failure, note
 from scripts.lib.wait import until
 
 OVERLAY = ROOT / "compose.swarm.yaml"
-ACCESS = ROOT / "tiled" / "access"  # bound into the replicas on one host; Docker configs on Swarm
+ACCESS = (ROOT / "tiled" / "access").resolve()  # bound into the replicas on one host; Docker configs on Swarm
 LABEL = "org.tiled-stack.stack"
 # Keys of a rendered service that mean nothing to Swarm, or that are turned into others below.
 DROPPED = {"build", "depends_on", "restart", "profiles", "container_name", "mem_limit", "shm_size", "pull_policy"}
@@ -206,9 +206,25 @@ def subset(document: dict, names) -> dict:
     }
 
 
+def strings_in(item):
+    """Every string of a parsed document, keys and values."""
+    if isinstance(item, dict):
+        for key, value in item.items():
+            yield from strings_in(key)
+            yield from strings_in(value)
+    elif isinstance(item, list):
+        for value in item:
+            yield from strings_in(value)
+    elif isinstance(item, str):
+        yield item
+
+
 def write(stack: Stack, document: dict, name: str = "stack.yaml") -> Path:
     text = yaml.safe_dump(document, sort_keys=False, width=120)
-    leaked = [key for key, value in secret_values(stack).items() if value in text or value.replace("$", "$$") in text]
+    strings = list(strings_in(document))
+    leaked = [key for key, value in secret_values(stack).items()
+              if any(s in (value, value.replace("$", "$$")) or len(value) >= 12 and
+                     (value in s or value.replace("$", "$$") in s) for s in strings)]
     if leaked:
         raise Failure(f"the stack file would hold the value of {', '.join(leaked)} in clear text (inside a longer "
                       "setting?); nothing was deployed", "set that value only in its own variable of .env")
@@ -283,7 +299,7 @@ def in_use(kind: str) -> set[str]:
     """Secret or config names that any service's spec, or its previous one (a rollback's), names."""
     key, field = ("Secrets", "SecretName") if kind == "secret" else ("Configs", "ConfigName")
     return {ref[field] for s in client().services.list() for spec in (s.attrs["Spec"], s.attrs.get("PreviousSpec"))
-            if spec for ref in spec["TaskTemplate"]["ContainerSpec"].get(key) or []}
+            if spec for ref in (spec["TaskTemplate"].get("ContainerSpec") or {}).get(key) or []}
 
 
 def prune(kind: str, keep: set[str], project: str) -> None:
@@ -357,52 +373,67 @@ def pending(project: str, names, since: float = 0) -> list[str]:
         current = [t for t in service.tasks() if fingerprint(t["Spec"]) == wanted]  # of this spec
         status = service.attrs.get("UpdateStatus") or {}
         update = status.get("State")
-        if update in ("paused", "rollback_paused", "rollback_completed") and changed_after(status, since):
+        is_job = spec["TaskTemplate"].get("RestartPolicy", {}).get("Condition") == "on-failure"
+        if (update in ("paused", "rollback_paused", "rollback_completed") and not is_job
+                and timestamp(status.get("CompletedAt") or status.get("StartedAt")) >= since):
             raise Failure(f"Swarm {update.replace('_', ' ')} the update of {name}: {status.get('Message', '')}",
                           f"`docker service ps --no-trunc {project}_{name}` says why a new task failed; fix it, "
                           "then rerun")
-        if spec["TaskTemplate"].get("RestartPolicy", {}).get("Condition") == "on-failure":  # a one-shot job
+        if is_job:  # judged by its tasks of this spec alone
             newest = max(current, key=lambda t: t["Version"]["Index"], default=None)
             state = newest["Status"]["State"] if newest else "no task of this spec yet"
+            attempts = spec["TaskTemplate"].get("RestartPolicy", {}).get("MaxAttempts") or 0
+            if attempts and sum(t["Status"]["State"] in ("failed", "rejected") for t in current) > attempts:
+                raise Failure(f"{name} failed {attempts + 1} times: {'; '.join(problems(service)) or state}",
+                              f"`docker service logs {project}_{name}` says why; fix it, then rerun")
             if state != "complete":
                 found.append(f"{name} {state}" + "".join(f" [{p}]" for p in problems(service)[:1]))
             continue
         if "Replicated" in spec["Mode"]:
             want = spec["Mode"]["Replicated"]["Replicas"]
-        else:  # global: one per front-door node that is up and not drained
-            want = len([n for n in labelled(node_labels()["frontdoor"])
-                        if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"].get("Availability") != "drain"])
+        else:  # global: one per front-door node that takes tasks (a paused node keeps what it has)
+            taking = {n.id for n in labelled(node_labels()["frontdoor"]) if available(n)}
+            want = len(taking)
         every = service.tasks(filters={"desired-state": "running"})
         running = [t for t in current if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
-        old = [t for t in every if fingerprint(t["Spec"]) != wanted]
-        if len(running) != want or old or update in ("updating", "rollback_started"):
+        if "Global" in spec["Mode"]:
+            running = [t for t in running if t["NodeID"] in taking]
+        old = [t for t in every if fingerprint(t["Spec"]) != wanted
+               and ("Replicated" in spec["Mode"] or t["NodeID"] in taking)]
+        stopping = [t for t in service.tasks() if t["DesiredState"] != "running" and t["Status"]["State"] == "running"]
+        if len(running) != want or old or stopping or update in ("updating", "rollback_started"):
             errors = problems(service)[:1] if len(running) < want else []
             found.append(f"{name} {len(running)}/{want} running" + (f", {len(old)} of the old spec" if old else "")
+                         + (f", {len(stopping)} stopping" if stopping else "")
                          + (f", update {update}" if update else "") + "".join(f" [{p}]" for p in errors))
     return found
 
 
 def fingerprint(task_spec: dict) -> str:
-    """What makes a task of one spec or another: image, environment, secrets, configs, mounts and
-    a forced update's counter."""
-    c = task_spec.get("ContainerSpec") or {}
-    return json.dumps([c.get("Image"), sorted(c.get("Env") or []), c.get("Args"), c.get("Command"),
-                       sorted(s["SecretName"] + ":" + s["File"]["Name"] for s in c.get("Secrets") or []),
-                       sorted(s["ConfigName"] + ":" + s["File"]["Name"] for s in c.get("Configs") or []),
-                       c.get("Mounts"), task_spec.get("ForceUpdate", 0)], sort_keys=True)
+    """A task's spec is an exact copy of its service's TaskTemplate at the time (a forced update's
+    counter included): equal for a task of the current spec, different for any change."""
+    return json.dumps(task_spec, sort_keys=True)
 
 
 def spec_fingerprints(project: str) -> dict[str, str]:
     return {name: fingerprint(s.attrs["Spec"]["TaskTemplate"]) for name, s in services(project).items()}
 
 
-def changed_after(status: dict, since: float) -> bool:
-    stamp = status.get("CompletedAt") or status.get("StartedAt") or ""
-    try:
-        return datetime.datetime.fromisoformat(stamp[:26].rstrip("Z")).replace(
-            tzinfo=datetime.timezone.utc).timestamp() >= since
-    except ValueError:
-        return True
+def manager_time() -> float:
+    """Now, by the manager's clock (what Swarm stamps its update states with)."""
+    return timestamp(client().info()["SystemTime"])
+
+
+def timestamp(stamp: str) -> float:
+    """Docker's RFC 3339 time (nanoseconds, Z or an offset) → Unix time; 0 if there is none."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", stamp or "")
+    if not match:
+        return 0.0
+    moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    zone = match.group(3) or "Z"
+    offset = 0 if zone == "Z" else (int(zone[1:3]) * 60 + int(zone[4:6])) * (1 if zone[0] == "+" else -1)
+    return (moment.replace(tzinfo=datetime.timezone.utc).timestamp() - offset * 60
+            + float(match.group(2) or 0))
 
 
 def until_converged(project: str, names, since: float = 0, timeout: float = 300) -> None:
