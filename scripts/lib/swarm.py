@@ -410,9 +410,19 @@ def pending(project: str, names, since: float = 0) -> list[str]:
 
 
 def fingerprint(task_spec: dict) -> str:
-    """A task's spec is an exact copy of its service's TaskTemplate at the time (a forced update's
-    counter included): equal for a task of the current spec, different for any change."""
-    return json.dumps(task_spec, sort_keys=True)
+    """A task's spec is a copy of its service's TaskTemplate at the time (a forced update's counter
+    included), but for defaults the API leaves out of one or the other (e.g. the TaskTemplate's
+    "Runtime": "container", ForceUpdate 0): equal for a task of the current spec once those are
+    dropped, different for any change."""
+    def meaningful(item):
+        if isinstance(item, dict):
+            kept = {k: meaningful(v) for k, v in item.items() if not (k == "Runtime" and v == "container")}
+            return {k: v for k, v in kept.items() if v not in (None, 0, "", [], {})}
+        if isinstance(item, list):
+            return [meaningful(v) for v in item]
+        return item
+
+    return json.dumps(meaningful(task_spec), sort_keys=True)
 
 
 def spec_fingerprints(project: str) -> dict[str, str]:
