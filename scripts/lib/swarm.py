@@ -130,7 +130,12 @@ def stack_file(stack: Stack, config: dict) -> tuple[dict, dict[str, bytes], dict
                 value = raw
                 secret = versioned_name(stack, "secret", by_value[value], value.encode())
                 secrets[secret] = value.encode()
-                refs.append({"source": secret, "target": var, "mode": 0o444})
+                # One file per secret, named after its .env key: Docker's CLI orders two references
+                # to one secret differently from one deploy to the next, and Swarm restarts the
+                # service each time (REDISCLI_AUTH: Redis's healthcheck reads the file instead).
+                if var == by_value[value] or not any(r["source"] == secret for r in refs):
+                    refs[:] = [r for r in refs if r["source"] != secret]
+                    refs.append({"source": secret, "target": by_value[value], "mode": 0o444})
             else:
                 environment[var] = "" if value is None else value
         out["environment"] = environment
