@@ -117,7 +117,7 @@ bench-monitoring: venv ## What monitoring costs (TILED_MONITORING=on): CPU, memo
 test: venv ## Run the whole test suite: fast tier, local processes, then Docker (a stack of its own)
 	@$(VENV) -m pytest
 
-test-swarm: venv ## The multi-node tier: a Swarm of three engines in containers here (≈ 10 min; CI runs it)
+test-swarm: venv ## The multi-node tier: a Swarm of three engines in containers here (≈ 8 min; CI runs it)
 	@$(VENV) -m pytest -m swarm
 
 test-fast: venv ## Only the fast tier: Python alone, no Docker, no Tiled process (≈ 2 min)
